@@ -1,0 +1,35 @@
+# `make run` serves the default model; `make test` runs every test. Both build .venv when it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 9090
+
+.PHONY: run test check clean-venv
+
+run: $(VENV)/.runtime
+	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
+	  if [ -z "$${MOBILESAM_CHECKPOINT:-}" ] && [ ! -f models/mobile_sam.pt ]; then \
+	    ./download_models.sh mobile_sam || exit 1; \
+	  fi; \
+	fi
+	$(BIN)/python _wsgi.py --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.tests
+	$(BIN)/python -m pytest tests
+
+check: $(VENV)/.runtime
+	$(BIN)/python _wsgi.py --check
+
+# The stamps record which requirements the venv was built from; editing a requirements file rebuilds.
+$(VENV)/.runtime: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.tests: $(VENV)/.runtime requirements-test.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	@touch $@
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,192 @@
+"""SAM and MobileSAM behind one stateless predictor: embed an image once, then decode any prompt against it.
+
+Unlike `segment_anything.SamPredictor`, nothing about "the current image" is kept on the object: `embed`
+returns an `Embedding` value and `predict` takes it back, so threads serving different images never mix.
+The arithmetic is SamPredictor's own (same resize, normalisation, prompt transforms and upscaling), so a
+mask from here equals SamPredictor's mask for the same checkpoint, image and prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from errors import ConfigError
+from prompts import Prompt
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The image encoder's output for one image, with the sizes needed to map prompts and masks."""
+
+    features: torch.Tensor  # 1×256×64×64 on the model's device
+    input_size: tuple[int, int]  # (h, w) of the image resized so its long side is the encoder's input size
+    original_size: tuple[int, int]  # (h, w) of the task image
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One object's mask in the original image frame, SAM's predicted IoU, and its 256×256 logits."""
+
+    mask: np.ndarray  # bool, H×W of the original image
+    score: float
+    low_res_logits: np.ndarray  # float32, 256×256
+
+
+def load_predictor(settings: Settings) -> "SamImagePredictor":
+    """Build the model named by the settings and load its checkpoint (start-up only: takes seconds)."""
+    path = settings.checkpoint_path
+    if not path.is_file():
+        variable = "MOBILESAM_CHECKPOINT" if settings.sam_choice == "MobileSAM" else "SAM_CHECKPOINT"
+        raise ConfigError(
+            f"checkpoint not found: {path}. Run ./download_models.sh "
+            f"{'mobile_sam' if settings.sam_choice == 'MobileSAM' else settings.sam_model_type} "
+            f"or set {variable} to the checkpoint's path"
+        )
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    started = time.perf_counter()
+    state_dict = read_state_dict(path)
+    model_type = recognise_model_type(state_dict)
+    wanted = settings.sam_model_type
+    if settings.sam_choice == "MobileSAM" and model_type != "vit_t":
+        raise ConfigError(f"SAM_CHOICE=MobileSAM but {path.name} holds a SAM {model_type} model: use SAM_CHOICE=SAM")
+    if wanted != "auto" and wanted != model_type:
+        raise ConfigError(f"SAM_MODEL_TYPE={wanted} but {path.name} holds a {model_type} model")
+    model = MODEL_BUILDERS[model_type]()
+    model.load_state_dict(state_dict)
+    device = resolve_device(settings.device)
+    model.to(device).eval()
+    log.info("loaded %s (%s) from %s on %s in %.1f s", settings.sam_choice, model_type, path, device,
+             time.perf_counter() - started)
+    return SamImagePredictor(model, model_type=model_type)
+
+
+class SamImagePredictor:
+    """Thread-safe SAM/MobileSAM inference: `embed` an image, then `predict` prompts on the embedding."""
+
+    def __init__(self, model: torch.nn.Module, model_type: str) -> None:
+        self.model = model
+        self.model_type = model_type
+        self.device = next(model.parameters()).device
+        self._transform = ResizeLongestSide(model.image_encoder.img_size)
+        # One image at a time through the encoder: it already uses every core (or most of a GPU).
+        self._encoder_lock = threading.Lock()
+
+    @torch.inference_mode()
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step, ~1 s for MobileSAM on CPU)."""
+        resized = self._transform.apply_image(image)
+        pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        with self._encoder_lock:
+            features = self.model.image_encoder(self.model.preprocess(pixels))
+        return Embedding(features=features, input_size=tuple(pixels.shape[-2:]),
+                         original_size=(int(image.shape[0]), int(image.shape[1])))
+
+    @torch.inference_mode()
+    def predict(self, embedding: Embedding, prompt: Prompt) -> MaskResult:
+        """Decode one object's mask; a lone click asks SAM for three candidates and keeps the best."""
+        height, width = embedding.original_size
+        coords, labels, box = prompt.in_pixels(width, height)
+        points = None
+        if coords is not None:
+            coords = self._transform.apply_coords(coords, embedding.original_size)
+            points = (torch.as_tensor(coords, dtype=torch.float, device=self.device)[None],
+                      torch.as_tensor(labels, dtype=torch.int, device=self.device)[None])
+        boxes = None
+        if box is not None:
+            box = self._transform.apply_boxes(box, embedding.original_size)
+            boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)[None]
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        multimask = prompt.is_single_click
+        low_res, scores = self.model.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        best = int(torch.argmax(scores[0])) if multimask else 0
+        low_res = low_res[:, best:best + 1]
+        masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        return MaskResult(
+            mask=(masks[0, 0] > self.model.mask_threshold).cpu().numpy(),
+            score=float(scores[0, best]),
+            low_res_logits=low_res[0, 0].float().cpu().numpy(),
+        )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's weights without running any code it may carry (`weights_only`)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a corrupt or foreign file
+        raise ConfigError(f"{path} is not a readable SAM checkpoint: {error}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not any(str(key).startswith("image_encoder.") for key in loaded):
+        raise ConfigError(f"{path} does not hold SAM weights (no image_encoder.* entries)")
+    return loaded
+
+
+def recognise_model_type(state_dict: dict[str, torch.Tensor]) -> str:
+    """vit_t (MobileSAM's TinyViT) or vit_b / vit_l / vit_h, told apart by the encoder's shape."""
+    if any(key.startswith("image_encoder.layers.") for key in state_dict):
+        return "vit_t"
+    pos_embed = state_dict.get("image_encoder.pos_embed")
+    width = int(pos_embed.shape[-1]) if pos_embed is not None else 0
+    by_width = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+    if width not in by_width:
+        raise ConfigError(f"unrecognised SAM image encoder (embedding width {width})")
+    return by_width[width]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks the first GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"DEVICE={name} but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _build_mobile_sam() -> torch.nn.Module:
+    with warnings.catch_warnings():  # mobile_sam re-registers timm's TinyViT names and uses old timm paths
+        warnings.simplefilter("ignore", (FutureWarning, UserWarning))
+        from mobile_sam import sam_model_registry as mobile_registry
+
+    return mobile_registry["vit_t"]()
+
+
+def _sam_builder(model_type: str) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[model_type]()
+
+    return build
+
+
+MODEL_BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
+    "vit_t": _build_mobile_sam,
+    "vit_b": _sam_builder("vit_b"),
+    "vit_l": _sam_builder("vit_l"),
+    "vit_h": _sam_builder("vit_h"),
+}

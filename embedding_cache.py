@@ -1,0 +1,93 @@
+"""Image embeddings kept between clicks, so only the first click on an image pays for the encoder."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+
+class Sized(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+
+
+class EmbeddingCache:
+    """Least-recently-used embeddings, bounded in bytes; each key is computed once even when requests race.
+
+    A failed computation is handed to every request waiting on it and leaves nothing behind, so the next
+    request tries again.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, Sized] = OrderedDict()
+        self._pending: dict[str, Future] = {}
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Sized | None:
+        """The cached value, or None; counts as a hit when found."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                self._hits += 1
+            return value
+
+    def get_or_compute(self, key: str, compute: Callable[[], Sized]) -> Sized:
+        """The cached value, else `compute()` once for all concurrent callers of the same key."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                self._hits += 1
+                return value
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                self._misses += 1
+                pending = self._pending[key] = Future()
+            else:
+                self._hits += 1
+        if not owner:
+            return pending.result()
+        try:
+            value = compute()
+        except BaseException as error:
+            with self._lock:
+                del self._pending[key]
+            pending.set_exception(error)
+            raise
+        with self._lock:
+            del self._pending[key]
+            self._store(key, value)
+        pending.set_result(value)
+        return value
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._entries), self._bytes)
+
+    def _store(self, key: str, value: Sized) -> None:
+        """Insert and evict the least recently used entries beyond the byte budget (lock held)."""
+        size = value.nbytes
+        if size > self.max_bytes:
+            return
+        self._entries[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes

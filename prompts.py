@@ -1,0 +1,205 @@
+"""From the smart regions an annotator drew in Label Studio to SAM prompts, one `Prompt` per object.
+
+Label Studio sends keypoints and rectangles in percent (0–100) of the original image: a keypoint's (x, y)
+is its centre, a rectangle's (x, y) its top-left corner, rotated by `rotation` degrees about that corner.
+Grouping: each rectangle is one object together with the keypoints inside it; keypoints outside every
+rectangle make one more object when at least one of them is positive, and otherwise (only negative clicks
+left over) they refine every rectangle's object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from errors import InvalidRequest
+
+Point = tuple[float, float]
+Box = tuple[float, float, float, float]
+
+MAX_REGIONS = 1000
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One object to segment, in percent of the image (Label Studio's frame), with the label to paint."""
+
+    label: str | None
+    to_name: str
+    points: tuple[Point, ...] = ()  # (x %, y %) centres
+    point_labels: tuple[int, ...] = ()  # 1 = positive click, 0 = negative click
+    box: Box | None = None  # (x0 %, y0 %, x1 %, y1 %), axis-aligned
+
+    @property
+    def is_single_click(self) -> bool:
+        """One positive click and nothing else: ambiguous, so SAM's multimask answer is the right one."""
+        return self.box is None and self.point_labels == (1,)
+
+    def in_pixels(self, width: int, height: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Point coords (N×2, x/y pixels), point labels (N,) and box (4,) of an image of this size."""
+        scale = np.array([width / 100.0, height / 100.0])
+        coords = labels = box = None
+        if self.points:
+            coords = np.asarray(self.points, dtype=np.float64) * scale
+            labels = np.asarray(self.point_labels, dtype=np.int64)
+        if self.box is not None:
+            box = np.asarray(self.box, dtype=np.float64) * np.tile(scale, 2)
+        return coords, labels, box
+
+
+@dataclass(frozen=True)
+class _Keypoint:
+    x: float
+    y: float
+    positive: bool
+    label: str | None
+    to_name: str
+
+
+@dataclass(frozen=True)
+class _Rectangle:
+    box: Box
+    positive: bool
+    label: str | None
+    to_name: str
+
+    def contains(self, point: _Keypoint) -> bool:
+        x0, y0, x1, y1 = self.box
+        return x0 <= point.x <= x1 and y0 <= point.y <= y1
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+
+def prompts_from_regions(regions: Any) -> list[Prompt]:
+    """Group `context.result` regions into objects; raises `InvalidRequest` naming the faulty region."""
+    if not isinstance(regions, list):
+        raise InvalidRequest("context.result must be a list of regions")
+    if len(regions) > MAX_REGIONS:
+        raise InvalidRequest(f"context.result has {len(regions)} regions; at most {MAX_REGIONS} are accepted")
+    keypoints: list[_Keypoint] = []
+    rectangles: list[_Rectangle] = []
+    for index, region in enumerate(regions):
+        parsed = _parse_region(region, f"context.result[{index}]")
+        if isinstance(parsed, _Keypoint):
+            keypoints.append(parsed)
+        elif isinstance(parsed, _Rectangle):
+            rectangles.append(parsed)
+    if not keypoints and not rectangles:
+        raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from")
+    negative_boxes = [r for r in rectangles if not r.positive]
+    if negative_boxes:
+        raise InvalidRequest("negative rectangles (is_positive: false) are not supported yet; use negative keypoints")
+    return _group(keypoints, rectangles)
+
+
+def _group(keypoints: Sequence[_Keypoint], rectangles: Sequence[_Rectangle]) -> list[Prompt]:
+    """Each rectangle with its inner keypoints; free keypoints as one object, or as refinements."""
+    inside: dict[int, list[_Keypoint]] = {i: [] for i in range(len(rectangles))}
+    free: list[_Keypoint] = []
+    for point in keypoints:
+        holders = [i for i, rect in enumerate(rectangles) if rect.contains(point)]
+        if holders:
+            inside[min(holders, key=lambda i: rectangles[i].area)].append(point)
+        else:
+            free.append(point)
+    free_positive = any(point.positive for point in free)
+    prompts = []
+    for i, rect in enumerate(rectangles):
+        points = inside[i] if free_positive else inside[i] + free
+        prompts.append(_prompt(points, rect))
+    if free_positive or not rectangles:
+        prompts.append(_prompt(free, None))
+    return prompts
+
+
+def _prompt(points: Sequence[_Keypoint], rect: _Rectangle | None) -> Prompt:
+    """The label comes from the rectangle, else from the first positive click."""
+    label = rect.label if rect is not None else None
+    if label is None:
+        label = next((p.label for p in points if p.positive and p.label), None)
+    to_name = rect.to_name if rect is not None else points[0].to_name
+    return Prompt(
+        label=label,
+        to_name=to_name,
+        points=tuple((p.x, p.y) for p in points),
+        point_labels=tuple(int(p.positive) for p in points),
+        box=rect.box if rect is not None else None,
+    )
+
+
+def _parse_region(region: Any, where: str) -> _Keypoint | _Rectangle | None:
+    """One region, checked field by field; regions of other types are ignored (not SAM prompts)."""
+    if not isinstance(region, dict):
+        raise InvalidRequest(f"{where} must be an object")
+    kind = region.get("type")
+    if kind not in ("keypointlabels", "rectanglelabels"):
+        return None
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}.value must be an object")
+    rotation = region.get("image_rotation", 0)
+    if rotation not in (0, None) and _number(rotation, f"{where}.image_rotation", -360, 360) % 360 != 0:
+        raise InvalidRequest(f"{where}: rotated images (image_rotation={rotation}) are not supported")
+    to_name = region.get("to_name")
+    if not isinstance(to_name, str) or not to_name:
+        raise InvalidRequest(f"{where}.to_name must name the Image the region is on")
+    positive = _is_positive(region, value, where)
+    label = _label(value, kind, where)
+    x = _number(value.get("x"), f"{where}.value.x", 0, 100)
+    y = _number(value.get("y"), f"{where}.value.y", 0, 100)
+    if kind == "keypointlabels":
+        return _Keypoint(x, y, positive, label, to_name)
+    width = _number(value.get("width"), f"{where}.value.width", 0, 100)
+    height = _number(value.get("height"), f"{where}.value.height", 0, 100)
+    if width <= 0 or height <= 0:
+        raise InvalidRequest(f"{where}: rectangle has zero width or height")
+    angle = _number(value.get("rotation", 0) or 0, f"{where}.value.rotation", -360, 360)
+    return _Rectangle(_bounding_box(x, y, width, height, angle), positive, label, to_name)
+
+
+def _bounding_box(x: float, y: float, width: float, height: float, degrees: float) -> Box:
+    """Axis-aligned box around a rectangle rotated about its top-left corner, clipped to the image."""
+    if degrees % 360 == 0:
+        return (x, y, min(x + width, 100.0), min(y + height, 100.0))
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    corners = [(0.0, 0.0), (width, 0.0), (width, height), (0.0, height)]
+    xs = [x + dx * cos - dy * sin for dx, dy in corners]
+    ys = [y + dx * sin + dy * cos for dx, dy in corners]
+    clip = lambda v: min(max(v, 0.0), 100.0)  # noqa: E731
+    return (clip(min(xs)), clip(min(ys)), clip(max(xs)), clip(max(ys)))
+
+
+def _is_positive(region: dict, value: dict, where: str) -> bool:
+    """`is_positive` at the top level (Label Studio), or `value.positive` (newer tools); missing = positive."""
+    flag = region.get("is_positive", value.get("positive", True))
+    if flag is None:
+        return True
+    if not isinstance(flag, bool):
+        raise InvalidRequest(f"{where}.is_positive must be true or false")
+    return flag
+
+
+def _label(value: dict, kind: str, where: str) -> str | None:
+    labels = value.get(kind, [])
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise InvalidRequest(f"{where}.value.{kind} must be a list of label names")
+    return labels[0] if labels else None
+
+
+def _number(raw: Any, where: str, low: float, high: float) -> float:
+    """A finite number within [low, high]; anything else is the client's error."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise InvalidRequest(f"{where} must be a number")
+    value = float(raw)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"{where} must be between {low:g} and {high:g}, not {raw!r}")
+    return value

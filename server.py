@@ -1,0 +1,165 @@
+"""The HTTP side of the backend: Label Studio's ML-backend routes over Flask, every error as JSON."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from werkzeug.exceptions import HTTPException
+
+from errors import BackendError, InvalidRequest
+from model import PredictStats, SamBackend
+from settings import Settings
+
+log = logging.getLogger("sam_ls_backend.http")
+
+OPEN_ROUTES = ("/health",)  # Label Studio probes these without credentials unless told otherwise
+
+
+def create_app(settings: Settings, backend: SamBackend) -> Flask:
+    """A Flask app serving `backend`; tests build one per case, `_wsgi.py` builds the served one."""
+    app = Flask("sam_ls_backend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.request_max_mb * 2**20
+    metrics = _Metrics(backend)
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(status="UP", model_class=backend.model_class, model_version=backend.model_version)
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(backend.setup(_json_body()))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        g.stats = PredictStats()
+        return jsonify(backend.predict(_json_body(), g.stats))
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        body = _json_body()
+        action = body.get("action") if isinstance(body, dict) else None
+        log.debug("webhook %s ignored", action)
+        return jsonify(status="ok", action=action if isinstance(action, str) else None)
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(versions=[backend.model_version], model_version=backend.model_version)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), mimetype="text/plain; version=0.0.4")
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.started = time.perf_counter()
+        if not settings.basic_auth_enabled or request.path in OPEN_ROUTES:
+            return None
+        auth = request.authorization
+        user = (auth.username or "") if auth and auth.type == "basic" else ""
+        password = (auth.password or "") if auth and auth.type == "basic" else ""
+        user_ok = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
+        password_ok = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
+        if user_ok and password_ok:
+            return None
+        response = _error(401, "authentication required: wrong or missing basic-auth credentials")
+        response.headers["WWW-Authenticate"] = 'Basic realm="sam-ls-backend"'
+        return response
+
+    @app.errorhandler(BackendError)
+    def backend_error(error: BackendError) -> Response:
+        return _error(error.status, error.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 413:
+            return _error(413, f"request body too large: the limit is {settings.request_max_mb} MB (REQUEST_MAX_MB)")
+        return _error(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s", request.path)
+        return _error(500, "internal error in the backend; its log has the details")
+
+    @app.after_request
+    def account(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "unknown"
+        metrics.observe(route, response.status_code, elapsed)
+        _log_request(route, response, elapsed)
+        return response
+
+    return app
+
+
+def _json_body() -> Any:
+    """The request's JSON body; anything else is the client's error."""
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidRequest("the request body is empty; a JSON object is expected")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify(error=message, status=status)
+    response.status_code = status
+    g.error = message
+    return response
+
+
+def _log_request(route: str, response: Response, elapsed: float) -> None:
+    """One line per request: no bodies, no masks, no credentials."""
+    stats: PredictStats | None = g.get("stats")
+    fields = [f"{request.method} {route}", f"status={response.status_code}", f"ms={elapsed * 1000:.0f}"]
+    if stats is not None:
+        fields += [f"tasks={stats.tasks}", f"interactive={stats.interactive}", f"points={stats.points}",
+                   f"boxes={stats.boxes}", f"regions={stats.regions}", f"cache_hits={stats.cache_hits}",
+                   f"cache_misses={stats.cache_misses}"]
+    if g.get("error"):
+        fields.append(f"error={g.error!r}")
+    level = logging.WARNING if response.status_code >= 400 else logging.INFO
+    if route in ("/health", "/metrics") and response.status_code < 400:
+        level = logging.DEBUG
+    log.log(level, " ".join(fields))
+
+
+class _Metrics:
+    """Prometheus counters for this process, in a registry of the app's own."""
+
+    def __init__(self, backend: SamBackend) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sam_requests", "HTTP requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("sam_request_seconds", "HTTP request latency by route", ["route"],
+                                 registry=self.registry,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.registry.register(_CacheCollector(backend))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+
+class _CacheCollector:
+    """Reads the embedding cache's counters at scrape time."""
+
+    def __init__(self, backend: SamBackend) -> None:
+        self.backend = backend
+
+    def collect(self):
+        stats = self.backend.cache.stats()
+        for name, value, text in (("hits", stats.hits, "embedding cache hits"),
+                                  ("misses", stats.misses, "embedding cache misses (encoder runs)"),
+                                  ("entries", stats.entries, "embeddings held"),
+                                  ("bytes", stats.bytes, "bytes of embeddings held")):
+            yield GaugeMetricFamily(f"sam_embedding_cache_{name}", text, value=value)

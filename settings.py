@@ -1,0 +1,147 @@
+"""Every setting of the backend, read from the environment in one place.
+
+`Settings.from_env()` is called once at start-up; everything else receives the frozen value. Each field
+documents its environment variable and default; the README's configuration table mirrors this file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+
+SAM_CHOICES = ("MobileSAM", "SAM", "ONNX")
+MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one backend process. Field names are the environment variables, lower-cased."""
+
+    # Model. SAM_CHOICE=MobileSAM (default) or SAM; ONNX arrives with the ONNX path.
+    sam_choice: str = "MobileSAM"
+    # Folder that relative checkpoint paths are resolved against (MODEL_DIR, `--model-dir`).
+    model_dir: Path = HERE / "models"
+    mobilesam_checkpoint: str = "mobile_sam.pt"
+    # SAM_CHECKPOINT; VITH_CHECKPOINT is accepted as an alias (the Label Studio tutorial's name).
+    sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    # vit_h | vit_l | vit_b | vit_t, or auto: recognised from the checkpoint's weights.
+    sam_model_type: str = "auto"
+    # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    device: str = "auto"
+    # Threads torch may use for one forward pass; 0 keeps torch's default.
+    torch_threads: int = 0
+    # Name reported to Label Studio as the prediction's model_version; empty derives one from the model.
+    model_version: str = ""
+
+    # Label Studio: where task images live and how to authenticate there. The /setup body is a fallback.
+    label_studio_url: str = ""
+    label_studio_api_key: str = field(default="", repr=False)
+
+    # Embedding cache (bytes of image embeddings kept per process).
+    embedding_cache_mb: int = 512
+
+    # Image download limits.
+    image_connect_timeout: float = 5.0
+    image_read_timeout: float = 30.0
+    image_max_mb: int = 64
+    image_max_megapixels: int = 150
+
+    # HTTP server.
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    log_level: str = "INFO"
+    request_max_mb: int = 32
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> "Settings":
+        """Build settings from `environ` (default: the process environment), then `overrides`.
+
+        `overrides` use the same names as the environment (any case), as `--kwargs k=v` passes them.
+        """
+        env = dict(os.environ if environ is None else environ)
+        unknown = [key for key in overrides if key.upper() not in _FIELD_TYPES and key.upper() not in _ALIASES]
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        env.update({key.upper(): value for key, value in overrides.items()})
+        for alias, name in _ALIASES.items():
+            if env.get(alias) and not env.get(name):
+                env[name] = env[alias]
+        values = {}
+        for name, kind in _FIELD_TYPES.items():
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[name.lower()] = _convert(name, raw, kind)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def with_overrides(self, **values: object) -> "Settings":
+        """A copy with some fields replaced (tests and the CLI use it)."""
+        return replace(self, **values)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file the chosen model loads, resolved against `model_dir`."""
+        name = self.mobilesam_checkpoint if self.sam_choice == "MobileSAM" else self.sam_checkpoint
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.model_dir / path
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user or self.basic_auth_pass)
+
+    def _validate(self) -> None:
+        if self.sam_choice not in SAM_CHOICES:
+            raise ConfigError(f"SAM_CHOICE must be one of {', '.join(SAM_CHOICES)}, not {self.sam_choice!r}")
+        if self.sam_model_type not in MODEL_TYPES:
+            raise ConfigError(f"SAM_MODEL_TYPE must be one of {', '.join(MODEL_TYPES)}, not {self.sam_model_type!r}")
+        device = self.device
+        if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, not {device!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        for name in ("embedding_cache_mb", "image_max_mb", "image_max_megapixels", "request_max_mb",
+                     "workers", "threads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+
+
+# Older names users know from the Label Studio SAM tutorial and SDK, mapped to ours.
+_ALIASES = {
+    "VITH_CHECKPOINT": "SAM_CHECKPOINT",
+    "LABEL_STUDIO_HOST": "LABEL_STUDIO_URL",
+    "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY",
+}
+
+_FIELD_TYPES = {f.name.upper(): f.type for f in fields(Settings)}
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    """Turn one environment string into the field's type, with an error that names the variable."""
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser().resolve()
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
+    if name == "SAM_CHOICE":
+        return {c.lower(): c for c in SAM_CHOICES}.get(raw.strip().lower(), raw)
+    if name in ("SAM_MODEL_TYPE", "DEVICE"):
+        return raw.strip().lower()
+    if name == "LABEL_STUDIO_URL":
+        return raw.strip().rstrip("/")
+    return raw

@@ -1,0 +1,167 @@
+"""Static checks of the deployment files: compose, Dockerfile, entrypoint. No Docker engine needed.
+
+The compose file may only set variables the server reads (`settings.Settings` fields, upper-cased, or the
+aliases in `settings._ALIASES`): a misspelt or invented variable would otherwise be ignored in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import settings  # noqa: E402
+
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = ROOT / "docker-entrypoint.sh"
+MANIFEST = ROOT / "download_models.sha256"
+
+SETTING_NAMES = {f.name.upper() for f in fields(settings.Settings)}
+KNOWN_NAMES = SETTING_NAMES | set(settings._ALIASES)
+
+
+def load_compose() -> dict:
+    """The compose file as data: PyYAML when installed, else `docker compose config`, else skip."""
+    try:
+        import yaml
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        return yaml.safe_load(COMPOSE.read_text())
+    has_compose = shutil.which("docker") is not None and subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0
+    if not has_compose:
+        pytest.skip("neither PyYAML nor `docker compose` is available to read docker-compose.yml")
+    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def environment_of(service: dict) -> dict[str, str]:
+    """A service's environment, from either of compose's two spellings (mapping or KEY=VALUE list)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) for every instruction, with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+def test_compose_has_label_studio_and_the_backend_on_one_network(compose):
+    services = compose["services"]
+    assert set(services) == {"label-studio", "sam"}
+    assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:")
+    assert len(compose["networks"]) == 1
+    network = next(iter(compose["networks"]))
+    for service in services.values():
+        assert list(service["networks"]) == [network]
+
+
+def test_every_variable_set_for_the_backend_is_one_it_reads(compose):
+    env = environment_of(compose["services"]["sam"])
+    assert env, "the sam service sets no environment"
+    unknown = sorted(set(env) - KNOWN_NAMES)
+    assert not unknown, f"not read by settings.py: {unknown}"
+    assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+
+
+def test_compose_defaults_are_the_backends_own():
+    """`${NAME:-default}` in the compose file must not quietly change a setting's default."""
+    defaults = {f.name.upper(): f.default for f in fields(settings.Settings) if f.default is not MISSING}
+    found = re.findall(r"^\s+([A-Z_]+):\s*\$\{([A-Z_]+):-([^}]*)\}", COMPOSE.read_text(), flags=re.M)
+    checked = 0
+    for key, variable, default in found:
+        if key in SETTING_NAMES:
+            assert variable == key
+            assert default == str(defaults[key]), f"{key} defaults to {default!r}, settings.py to {defaults[key]!r}"
+            checked += 1
+    assert checked >= 5
+
+
+def test_the_backend_keeps_its_weights_in_a_volume(compose):
+    sam = compose["services"]["sam"]
+    volumes = [v if isinstance(v, str) else f"{v.get('source')}:{v['target']}" for v in sam["volumes"]]
+    assert any(v.split(":")[1] == "/app/models" for v in volumes)
+    ports = [str(p["target"]) if isinstance(p, dict) else str(p).split(":")[-1] for p in sam["ports"]]
+    assert "9090" in ports
+
+
+def test_dockerfile_runs_gunicorn_as_a_user_with_a_health_check():
+    instructions = dockerfile_instructions()
+    keywords = [keyword for keyword, _ in instructions]
+    assert instructions[0][0] in ("FROM", "ARG")
+    assert keywords.count("FROM") >= 2, "multi-stage build"
+    assert any(keyword == "FROM" and args.startswith("python:3.11-slim") for keyword, args in instructions)
+
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+    health = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    assert len(health) == 1 and "/health" in health[0] and "urllib" in health[0]
+
+    entrypoint = [args for keyword, args in instructions if keyword == "ENTRYPOINT"]
+    assert entrypoint and "docker-entrypoint.sh" in entrypoint[-1]
+    command = json.loads([args for keyword, args in instructions if keyword == "CMD"][-1])
+    assert command == ["gunicorn", "-c", "gunicorn.conf.py", "_wsgi:app"]
+    assert not any("--preload" in args for _, args in instructions)
+
+    assert "9090" in [args for keyword, args in instructions if keyword == "EXPOSE"]
+    build_args = {args.split("=")[0] for keyword, args in instructions if keyword == "ARG"}
+    assert {"TORCH_VARIANT", "BAKE_MODELS"} <= build_args
+
+
+def test_dockerfile_sets_only_variables_that_mean_something():
+    """Every ENV name is a setting, or one that Python, pip or glibc reads."""
+    outside = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
+               "PIP_DISABLE_PIP_VERSION_CHECK", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+    names = set()
+    for keyword, args in dockerfile_instructions():
+        if keyword == "ENV":
+            names |= set(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", args))
+    assert {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PORT"} <= names
+    assert not names - outside - KNOWN_NAMES
+
+
+def test_the_entrypoint_knows_exactly_the_official_checkpoints():
+    """The names the entrypoint can fetch, the checksum list and the settings' defaults agree."""
+    assert os.access(ENTRYPOINT, os.X_OK)
+    in_entrypoint = set(re.findall(r"^\s+([\w.]+\.pth?)\)", ENTRYPOINT.read_text(), flags=re.M))
+    in_manifest = {line.split()[1] for line in MANIFEST.read_text().splitlines()
+                   if line.strip() and not line.startswith("#")}
+    assert in_entrypoint == in_manifest
+    defaults = settings.Settings()
+    assert {defaults.mobilesam_checkpoint, defaults.sam_checkpoint} <= in_manifest
+
+
+def test_dockerignore_keeps_weights_and_environments_out():
+    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    assert {".venv", ".git", "models/"} <= patterns

@@ -1,0 +1,100 @@
+"""The embedding cache: bounded in bytes, least recently used first out, one computation per key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from embedding_cache import EmbeddingCache
+
+
+@dataclass(frozen=True)
+class Blob:
+    nbytes: int
+
+
+def test_hit_after_miss_and_counts():
+    cache = EmbeddingCache(max_bytes=100)
+    calls = []
+    first = cache.get_or_compute("a", lambda: calls.append(1) or Blob(10))
+    again = cache.get_or_compute("a", lambda: calls.append(1) or Blob(10))
+    assert first is again and calls == [1]
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (1, 1, 1, 10)
+    assert cache.get("missing") is None
+
+
+def test_least_recently_used_is_evicted_when_bytes_overflow():
+    cache = EmbeddingCache(max_bytes=30)
+    for key in "abc":
+        cache.get_or_compute(key, lambda: Blob(10))
+    cache.get("a")  # a is now the most recent
+    cache.get_or_compute("d", lambda: Blob(10))
+    assert cache.get("b") is None
+    assert all(cache.get(key) is not None for key in "acd")
+    assert cache.stats().bytes == 30
+
+
+def test_value_larger_than_the_budget_is_returned_but_not_kept():
+    cache = EmbeddingCache(max_bytes=5)
+    assert cache.get_or_compute("big", lambda: Blob(6)).nbytes == 6
+    assert cache.stats().entries == 0
+
+
+def test_racing_requests_compute_once():
+    cache = EmbeddingCache(max_bytes=1000)
+    started = threading.Event()
+    calls = []
+
+    def slow() -> Blob:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return Blob(1)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("k", slow))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert len(results) == 6 and all(r is results[0] for r in results)
+
+
+def test_a_failed_computation_reaches_every_waiter_and_leaves_nothing_behind():
+    cache = EmbeddingCache(max_bytes=1000)
+    gate = threading.Event()
+
+    def fails() -> Blob:
+        gate.wait(1)
+        raise ValueError("bad image")
+
+    errors = []
+
+    def call() -> None:
+        try:
+            cache.get_or_compute("k", fails)
+        except ValueError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert errors == ["bad image"] * 3
+    assert cache.stats().entries == 0
+    assert cache.get_or_compute("k", lambda: Blob(1)).nbytes == 1
+
+
+def test_keyboard_interrupt_style_errors_do_not_wedge_the_key():
+    cache = EmbeddingCache(max_bytes=10)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute("k", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert cache.get_or_compute("k", lambda: Blob(1)).nbytes == 1
