@@ -16,6 +16,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python _wsgi.py --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.tests
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
 
 check: $(VENV)/.runtime

@@ -44,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_app(settings: Settings):
     """Load the model and wire the Flask app around it (once per worker process)."""
-    from advanced_sam import load_predictor
     from model import SamBackend
     from server import create_app
 
+    if settings.sam_choice == "ONNX":
+        from onnx_sam import load_onnx_predictor as load_predictor
+    else:
+        from advanced_sam import load_predictor
     predictor = load_predictor(settings)
     return create_app(settings, SamBackend(settings, predictor))
 

@@ -36,7 +36,7 @@ FULL_CHUNK = 0b111 << 24 | (CHUNK - 1) << 8
 
 
 def encode_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio brush RLE of a 2-D mask (bool or uint8; nonzero = painted), byte-identical to the SDK's mask2rle of mask*255.
+    """Label Studio brush RLE of a 2-D mask (nonzero = painted), byte-identical to the SDK's `mask2rle`.
 
     Precisely: `encode_rle(mask) == mask2rle((mask != 0).astype(np.uint8) * 255)` for every 2-D array of any
     layout with at least one pixel (mask2rle wants a 2-D uint8 or int array, repeats each value 4 times

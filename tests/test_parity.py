@@ -54,7 +54,8 @@ def test_several_rectangles_give_one_region_each_matching_sam(client, image_host
     image = scene(320, 240, seed=7)
     url = image_host.add_image("/data/upload/1/three-boxes.png", image)
     boxes = [(5, 5, 30, 30), (40, 20, 25, 50), (70, 60, 25, 35)]
-    response = client.post("/predict", json=predict_body(url, [rectangle(*b, label=f"L{i}") for i, b in enumerate(boxes)]))
+    regions = [rectangle(*box, label=f"L{i}") for i, box in enumerate(boxes)]
+    response = client.post("/predict", json=predict_body(url, regions))
     regions = response.json["results"][0]["result"]
     assert [r["value"]["brushlabels"] for r in regions] == [["L0"], ["L1"], ["L2"]]
     assert len({r["id"] for r in regions}) == 3

@@ -80,7 +80,8 @@ def test_keypoint_in_nested_rectangles_goes_to_the_smallest():
 
 
 def test_free_positive_clicks_make_their_own_object():
-    box_object, click_object = prompts_from_regions([rectangle(0, 0, 20, 20), keypoint(80, 80), keypoint(70, 70, False)])
+    regions = [rectangle(0, 0, 20, 20), keypoint(80, 80), keypoint(70, 70, False)]
+    box_object, click_object = prompts_from_regions(regions)
     assert box_object.points == ()
     assert click_object.box is None and click_object.point_labels == (1, 0)
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import scene
-from ls_bodies import FIXTURES, SAM_CONFIG, keypoint, predict_body, rectangle
+from ls_bodies import FIXTURES, keypoint, predict_body, rectangle
 from reference import decode_brush_region
 
 
