@@ -1,0 +1,189 @@
+"""End to end with a real Label Studio: smart regions drawn in LS reach the backend and come back as SAM's masks.
+
+Label Studio (see `label_studio.py`) and the backend (`_wsgi.py`) run as real processes on loopback; the test
+talks to Label Studio's API only, as the annotator's browser does, and compares the brush masks LS hands back
+with what `segment_anything.SamPredictor` computes for the same prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+from backend_process import BackendProcess
+from conftest import scene
+from label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from ls_bodies import SAM_CONFIG, keypoint, rectangle
+from reference import decode_brush_region, reference_mask
+
+BACKEND_START_TIMEOUT_S = 180.0
+LOCAL_FILES_SUBDIR = "e2e"
+
+# (region builder, keyword arguments) per interaction; percentages chosen to land on whole pixels.
+INTERACTIONS: dict[str, list[tuple[Callable[..., dict[str, Any]], dict[str, Any]]]] = {
+    "positive_keypoint": [(keypoint, {"x": 37.5, "y": 50.0})],
+    "rectangle": [(rectangle, {"x": 12.5, "y": 20.0, "w": 40.0, "h": 55.0})],
+    "rectangle_and_negative_keypoint": [
+        (rectangle, {"x": 12.5, "y": 20.0, "w": 40.0, "h": 55.0}),
+        (keypoint, {"x": 25.0, "y": 30.0, "positive": False}),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class E2EProject:
+    """A Label Studio project with an uploaded image task, connected to the running backend."""
+
+    label_studio: LabelStudio
+    project_id: int
+    ml_id: int
+    task_id: int
+    image: np.ndarray
+    files_root: Path
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """A fresh Label Studio serving uploads and /data/local-files from a temporary root."""
+    work = tmp_path_factory.mktemp("label-studio")
+    files_root = work / "files"
+    (files_root / LOCAL_FILES_SUBDIR).mkdir(parents=True)
+    try:
+        data_dir = fresh_data_dir(work / "data")
+    except HarnessError as error:
+        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
+    with LabelStudio(data_dir, work / "label-studio.log", local_files_root=files_root) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def backend_url(
+    label_studio: LabelStudio, vit_t_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The backend served by `_wsgi.py` as a separate process, configured to fetch images from this LS."""
+    env = {
+        "SAM_CHOICE": "MobileSAM",
+        "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint),
+        "DEVICE": "cpu",  # the reference masks are computed on the CPU
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+    }
+    backend = BackendProcess(env, log_path=tmp_path_factory.mktemp("backend") / "backend.log")
+    try:
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        yield backend.url
+    finally:
+        backend.stop()
+
+
+@pytest.fixture(scope="session")
+def project(label_studio: LabelStudio, backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> E2EProject:
+    """The SAM project from the fixtures, one uploaded non-square image, and the backend connected to it."""
+    assert label_studio.local_files_root is not None
+    image = scene(320, 240, seed=1)
+    image_path = tmp_path_factory.mktemp("upload") / "e2e_image.png"
+    Image.fromarray(image).save(image_path)
+    project_id = label_studio.create_project("sam-ls-backend e2e", SAM_CONFIG)
+    task_id = label_studio.import_image(project_id, image_path)
+    ml_id = label_studio.connect_ml_backend(project_id, backend_url)
+    return E2EProject(label_studio, project_id, ml_id, task_id, image, label_studio.local_files_root)
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+def test_smart_regions_come_back_as_sam_masks(project: E2EProject, vit_t_checkpoint: Path, interaction: str) -> None:
+    """Each kind of smart interaction yields one brush region equal to SamPredictor's mask for that prompt."""
+    regions = smart_regions(interaction, project.image)
+    answer = project.label_studio.interactive_annotating(project.ml_id, project.task_id, regions)
+    region = single_brush_region(answer)
+    assert_is_sam_mask(region, project.image, regions, vit_t_checkpoint)
+
+
+def test_predicted_region_saves_as_annotation(project: E2EProject) -> None:
+    """The brush region LS returns is accepted as an annotation and reads back unchanged from the task."""
+    regions = smart_regions("positive_keypoint", project.image)
+    region = single_brush_region(
+        project.label_studio.interactive_annotating(project.ml_id, project.task_id, regions)
+    )
+    created = project.label_studio.create_annotation(project.task_id, [region])
+    task = project.label_studio.get_task(project.task_id)
+    (saved,) = [annotation for annotation in task["annotations"] if annotation["id"] == created["id"]]
+    (saved_region,) = saved["result"]
+    assert saved_region["type"] == "brushlabels"
+    assert saved_region["value"] == region["value"]
+    assert np.array_equal(decode_brush_region(saved_region), decode_brush_region(region))
+
+
+def test_local_files_task(project: E2EProject, vit_t_checkpoint: Path) -> None:
+    """A task whose image is a /data/local-files URL (served through a local storage) is segmented too."""
+    image = scene(240, 320, seed=2)
+    relative = f"{LOCAL_FILES_SUBDIR}/local_image.png"
+    Image.fromarray(image).save(project.files_root / relative)
+    ls = project.label_studio
+    ls.add_local_files_storage(project.project_id, project.files_root / LOCAL_FILES_SUBDIR)
+    image_url = f"/data/local-files/?d={relative}"
+    (task_id,) = ls.import_tasks(project.project_id, [{"data": {"image": image_url}}])
+    assert ls.download(image_url) == (project.files_root / relative).read_bytes(), "LS must serve the file"
+    regions = smart_regions("positive_keypoint", image)
+    region = single_brush_region(ls.interactive_annotating(project.ml_id, task_id, regions))
+    assert_is_sam_mask(region, image, regions, vit_t_checkpoint)
+
+
+def smart_regions(interaction: str, image: np.ndarray) -> list[dict[str, Any]]:
+    """The regions of one named interaction, sized for `image`, shaped as LS 1.23.2 sends them."""
+    height, width = image.shape[:2]
+    return [build(**arguments, width=width, height=height) for build, arguments in INTERACTIONS[interaction]]
+
+
+def single_brush_region(answer: dict[str, Any]) -> dict[str, Any]:
+    """The one region of LS's interactive answer, checked to be a Foreground brush on the image."""
+    assert "data" in answer, f"Label Studio reported a backend failure: {answer}"
+    (region,) = answer["data"]["result"]
+    assert region["type"] == "brushlabels"
+    assert (region["from_name"], region["to_name"]) == ("tag", "image")
+    assert region["value"]["brushlabels"] == ["Foreground"]
+    assert region["value"]["format"] == "rle"
+    return region
+
+
+def assert_is_sam_mask(
+    region: dict[str, Any], image: np.ndarray, regions: list[dict[str, Any]], checkpoint: Path
+) -> None:
+    """The region's mask has the image's size and equals SamPredictor's mask for the same prompt, pixel for pixel."""
+    height, width = image.shape[:2]
+    assert (region["original_width"], region["original_height"]) == (width, height)
+    rgba = decode_rle(region["value"]["rle"])
+    assert rgba.size == height * width * 4, "the RLE must cover H×W RGBA pixels"
+    rgba = rgba.reshape(height, width, 4)
+    assert set(np.unique(rgba)) <= {0, 255} and (rgba == rgba[:, :, 3:]).all(), "each pixel is 0 or 255 × 4"
+    mask = decode_brush_region(region)
+    expected, _ = reference_mask(checkpoint, image, *prompt_in_pixels(regions, width, height))
+    assert mask.shape == (height, width)
+    assert expected.any(), "the reference mask is empty: pick a prompt that segments something"
+    assert np.array_equal(mask, expected), f"{int((mask != expected).sum())} of {mask.size} pixels differ"
+
+
+def prompt_in_pixels(
+    regions: list[dict[str, Any]], width: int, height: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Point coords (N×2), point labels (N,) and box (4,) in pixels, from percent regions (x% * W / 100)."""
+    points, labels, box = [], [], None
+    for region in regions:
+        value = region["value"]
+        x, y = value["x"] * width / 100, value["y"] * height / 100
+        if region["type"] == "keypointlabels":
+            points.append((x, y))
+            labels.append(1 if region.get("is_positive", True) else 0)
+        else:
+            box = np.array([x, y, (value["x"] + value["width"]) * width / 100,
+                            (value["y"] + value["height"]) * height / 100])
+    if not points:
+        return None, None, box
+    return np.array(points, dtype=np.float64), np.array(labels), box
+
