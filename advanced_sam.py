@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,32 +20,11 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from errors import ConfigError
+from predictor import Embedding, MaskResult
 from prompts import Prompt
 from settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """The image encoder's output for one image, with the sizes needed to map prompts and masks."""
-
-    features: torch.Tensor  # 1×256×64×64 on the model's device
-    input_size: tuple[int, int]  # (h, w) of the image resized so its long side is the encoder's input size
-    original_size: tuple[int, int]  # (h, w) of the task image
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.element_size() * self.features.nelement()
-
-
-@dataclass(frozen=True)
-class MaskResult:
-    """One object's mask in the original image frame, SAM's predicted IoU, and its 256×256 logits."""
-
-    mask: np.ndarray  # bool, H×W of the original image
-    score: float
-    low_res_logits: np.ndarray  # float32, 256×256
 
 
 def load_predictor(settings: Settings) -> "SamImagePredictor":

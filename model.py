@@ -9,11 +9,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from advanced_sam import Embedding, SamImagePredictor
 from embedding_cache import EmbeddingCache
 from errors import InvalidRequest
 from images import ImageSource, decode_image
 from label_config import LabelConfig, parse_label_config
+from predictor import Embedding, Predictor
 from prompts import Prompt, prompts_from_regions
 from results import to_brush_result
 from settings import Settings
@@ -42,7 +42,7 @@ class SamBackend:
 
     model_class = "SamBackend"
 
-    def __init__(self, settings: Settings, predictor: SamImagePredictor, images: ImageSource | None = None,
+    def __init__(self, settings: Settings, predictor: Predictor, images: ImageSource | None = None,
                  cache: EmbeddingCache | None = None) -> None:
         self.settings = settings
         self.predictor = predictor

@@ -1,0 +1,50 @@
+"""What every predictor offers the backend (torch SAM/MobileSAM, ONNX Runtime), as plain values.
+
+A predictor keeps nothing per image: `embed` returns an `Embedding` and `predict` takes it back, so threads
+serving different images never mix. This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from prompts import Prompt
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The image encoder's output for one image, with the sizes needed to map prompts and masks."""
+
+    features: Any  # 1×256×64×64 (a torch tensor on the model's device, or a numpy array)
+    input_size: tuple[int, int]  # (h, w) of the image resized so its long side is the encoder's input size
+    original_size: tuple[int, int]  # (h, w) of the task image
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One object's mask in the original image frame, SAM's predicted IoU, and its 256×256 logits."""
+
+    mask: np.ndarray  # bool, H×W of the original image
+    score: float
+    low_res_logits: np.ndarray  # float32, 256×256
+
+
+class Predictor(Protocol):
+    """Embeds images and decodes prompts against an embedding; safe to call from many threads."""
+
+    model_type: str  # vit_t, vit_b, vit_l, vit_h
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run the image encoder on an H×W×3 uint8 RGB image."""
+        ...
+
+    def predict(self, embedding: Embedding, prompt: Prompt) -> MaskResult:
+        """One object's mask for `prompt` on the embedded image."""
+        ...
