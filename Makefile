@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9090
 
-.PHONY: run test check clean-venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test check redis-server clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -15,7 +17,7 @@ run: $(VENV)/.runtime
 	fi
 	$(BIN)/python _wsgi.py --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.tests
+test: $(VENV)/.tests redis-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
 
@@ -31,6 +33,12 @@ $(VENV)/.runtime: requirements.txt
 $(VENV)/.tests: $(VENV)/.runtime requirements-test.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	@touch $@
+
+# The shared-cache tests start their own redis-server (Debian's package) on loopback.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing Debian's redis-server package for the tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 clean-venv:
 	rm -rf $(VENV)

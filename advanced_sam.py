@@ -93,8 +93,9 @@ class SamImagePredictor:
             boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)[None]
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
         multimask = prompt.is_single_click
+        features = torch.as_tensor(embedding.features, device=self.device).float()
         low_res, scores = self.model.mask_decoder(
-            image_embeddings=embedding.features,
+            image_embeddings=features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,

@@ -77,6 +77,12 @@ class EmbeddingCache:
         pending.set_result(value)
         return value
 
+    def put(self, key: str, value: Sized) -> None:
+        """Keep a value obtained elsewhere (the shared cache), as if computed here."""
+        with self._lock:
+            if key not in self._entries:
+                self._store(key, value)
+
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self._hits, self._misses, len(self._entries), self._bytes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -11,17 +10,18 @@ from typing import Any
 
 from embedding_cache import EmbeddingCache
 from errors import InvalidRequest
-from images import ImageSource, decode_image
+from image_embeddings import ImageEmbeddings
+from images import ImageSource
 from label_config import LabelConfig, parse_label_config
 from predictor import Embedding, Predictor
 from prompts import Prompt, prompts_from_regions
 from results import to_brush_result
 from settings import Settings
+from shared_cache import SharedEmbeddings, model_fingerprint
 
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 1000
-REMEMBERED_URLS = 4096
 
 
 @dataclass
@@ -32,8 +32,10 @@ class PredictStats:
     points: int = 0
     boxes: int = 0
     regions: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
+    cache_hits: int = 0  # embeddings found in this process's cache
+    shared_hits: int = 0  # embeddings found in the shared (Redis) cache
+    encoder_runs: int = 0
+    warmed: int = 0  # images queued for embedding when tasks were opened
     interactive: bool = False
 
 
@@ -42,15 +44,17 @@ class SamBackend:
 
     model_class = "SamBackend"
 
-    def __init__(self, settings: Settings, predictor: Predictor, images: ImageSource | None = None,
-                 cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None) -> None:
         self.settings = settings
         self.predictor = predictor
-        self.images = images or ImageSource(settings)
-        self.cache = cache or EmbeddingCache(settings.embedding_cache_mb * 2**20)
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
+        self.images = ImageSource(settings)
+        self.cache = EmbeddingCache(settings.embedding_cache_mb * 2**20)
+        if shared is None and settings.redis_url:
+            namespace = model_fingerprint(self.model_version, settings.model_files)
+            shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
+        self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
         self._schemas: OrderedDict[str, str] = OrderedDict()
-        self._content_keys: OrderedDict[str, str] = OrderedDict()  # image URL -> digest of its bytes
         self._lock = threading.Lock()
 
     def setup(self, body: Any) -> dict:
@@ -72,7 +76,9 @@ class SamBackend:
         tasks, regions, config = self._parse_predict(body)
         stats.tasks = len(tasks)
         if regions is None:
-            return {"results": [self._prediction([]) for _ in tasks], "model_version": self.model_version}
+            stats.warmed = self._warm(tasks, config)
+            # An empty list per task: Label Studio then stores no (empty) prediction for the task.
+            return {"results": [[] for _ in tasks], "model_version": self.model_version}
         stats.interactive = True
         prompts = prompts_from_regions(regions)
         stats.points = sum(len(p.points) for p in prompts)
@@ -95,30 +101,25 @@ class SamBackend:
         return results
 
     def _embedding(self, url: str, task_id: Any, stats: PredictStats) -> Embedding:
-        """The cached embedding of the image at `url`; a known URL skips even the download."""
-        with self._lock:
-            key = self._content_keys.get(url)
-        if key is not None:
-            cached = self.cache.get(key)
-            if cached is not None:
-                stats.cache_hits += 1
-                return cached
-        data = self.images.read(url, task_id if isinstance(task_id, int) else None)
-        key = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            self._remember(self._content_keys, url, key, limit=REMEMBERED_URLS)
-        encoded = []
-
-        def encode() -> Embedding:
-            encoded.append(key)
-            return self.predictor.embed(decode_image(data, self.settings.image_max_megapixels * 10**6))
-
-        embedding = self.cache.get_or_compute(key, encode)
-        if encoded:
-            stats.cache_misses += 1
-        else:
+        embedding, source = self.embeddings.get(url, task_id if isinstance(task_id, int) else None)
+        if source == "memory":
             stats.cache_hits += 1
+        elif source == "shared":
+            stats.shared_hits += 1
+        else:
+            stats.encoder_runs += 1
         return embedding
+
+    def _warm(self, tasks: list[dict], config: LabelConfig) -> int:
+        """Queue the images of opened tasks for embedding, so the first click finds them ready."""
+        queued = 0
+        for task in tasks[: self.settings.warm_max_tasks]:
+            for to_name in config.brush_controls:
+                url = task["data"].get(config.image_fields.get(to_name, ""))
+                if isinstance(url, str) and url.strip():
+                    task_id = task.get("id")
+                    queued += self.embeddings.warm(url.strip(), task_id if isinstance(task_id, int) else None)
+        return queued
 
     def _parse_predict(self, body: Any) -> tuple[list[dict], list | None, LabelConfig]:
         """Check the /predict body's shape; returns tasks, the smart regions (None if not interactive), config."""

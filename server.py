@@ -6,11 +6,12 @@ import hmac
 import json
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
 from errors import BackendError, InvalidRequest
@@ -122,9 +123,7 @@ def _log_request(route: str, response: Response, elapsed: float) -> None:
     stats: PredictStats | None = g.get("stats")
     fields = [f"{request.method} {route}", f"status={response.status_code}", f"ms={elapsed * 1000:.0f}"]
     if stats is not None:
-        fields += [f"tasks={stats.tasks}", f"interactive={stats.interactive}", f"points={stats.points}",
-                   f"boxes={stats.boxes}", f"regions={stats.regions}", f"cache_hits={stats.cache_hits}",
-                   f"cache_misses={stats.cache_misses}"]
+        fields += [f"{name}={value}" for name, value in asdict(stats).items()]
     if g.get("error"):
         fields.append(f"error={g.error!r}")
     level = logging.WARNING if response.status_code >= 400 else logging.INFO
@@ -158,8 +157,13 @@ class _CacheCollector:
 
     def collect(self):
         stats = self.backend.cache.stats()
-        for name, value, text in (("hits", stats.hits, "embedding cache hits"),
-                                  ("misses", stats.misses, "embedding cache misses (encoder runs)"),
-                                  ("entries", stats.entries, "embeddings held"),
-                                  ("bytes", stats.bytes, "bytes of embeddings held")):
-            yield GaugeMetricFamily(f"sam_embedding_cache_{name}", text, value=value)
+        yield CounterMetricFamily("sam_embedding_cache_hits", "embedding cache hits in this process", stats.hits)
+        yield CounterMetricFamily("sam_embedding_cache_misses", "embedding cache misses in this process",
+                                  stats.misses)
+        yield GaugeMetricFamily("sam_embedding_cache_entries", "embeddings held", stats.entries)
+        yield GaugeMetricFamily("sam_embedding_cache_bytes", "bytes of embeddings held", stats.bytes)
+        sources = CounterMetricFamily("sam_embedding_lookups", "embedding lookups by where the answer came from",
+                                      labels=["source"])
+        for source, count in self.backend.embeddings.sources().items():
+            sources.add_metric([source], count)
+        yield sources

@@ -23,7 +23,7 @@ MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
 class Settings:
     """Configuration of one backend process. Field names are the environment variables, lower-cased."""
 
-    # Model. SAM_CHOICE=MobileSAM (default) or SAM; ONNX arrives with the ONNX path.
+    # Model. SAM_CHOICE=MobileSAM (default), SAM, or ONNX (onnx_sam.py, files below).
     sam_choice: str = "MobileSAM"
     # Folder that relative checkpoint paths are resolved against (MODEL_DIR, `--model-dir`).
     model_dir: Path = HERE / "models"
@@ -38,13 +38,25 @@ class Settings:
     torch_threads: int = 0
     # Name reported to Label Studio as the prediction's model_version; empty derives one from the model.
     model_version: str = ""
+    # SAM_CHOICE=ONNX: the prompt decoder written by onnx_converter.py (alias ONNX_CHECKPOINT), and its
+    # image encoder (`--encoder`); without ONNX_ENCODER the encoder runs in torch from the checkpoint.
+    onnx_decoder: str = "mobile_sam.decoder.onnx"
+    onnx_encoder: str = ""
 
     # Label Studio: where task images live and how to authenticate there. The /setup body is a fallback.
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
 
-    # Embedding cache (bytes of image embeddings kept per process).
+    # Embedding cache: bytes of image embeddings kept per process, and how they are kept there:
+    # float32 (masks exactly SamPredictor's) or float16 (twice as many images; masks IoU >= 0.999).
     embedding_cache_mb: int = 512
+    embedding_precision: str = "float32"
+    # Shared cache for every worker and replica (redis://host:port/db); float16 at rest, kept this long.
+    redis_url: str = field(default="", repr=False)
+    redis_ttl_hours: int = 168
+    # Opening a task (a /predict without clicks) embeds the image of up to this many tasks in the
+    # background, so the first click does not wait for the encoder; 0 turns it off.
+    warm_max_tasks: int = 8
 
     # Image download limits.
     image_connect_timeout: float = 5.0
@@ -98,6 +110,11 @@ class Settings:
         return path if path.is_absolute() else self.model_dir / path
 
     @property
+    def model_files(self) -> list[Path]:
+        """The files whose contents define the model's answers (they fingerprint the shared cache)."""
+        return [path for path in (self.checkpoint_path,) if path.is_file()]
+
+    @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.basic_auth_user or self.basic_auth_pass)
 
@@ -111,7 +128,11 @@ class Settings:
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, not {device!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
-        for name in ("embedding_cache_mb", "image_max_mb", "image_max_megapixels", "request_max_mb",
+        if self.embedding_precision not in ("float32", "float16"):
+            raise ConfigError(f"EMBEDDING_PRECISION must be float32 or float16, not {self.embedding_precision!r}")
+        if self.warm_max_tasks < 0:
+            raise ConfigError("WARM_MAX_TASKS must be 0 or more")
+        for name in ("embedding_cache_mb", "redis_ttl_hours", "image_max_mb", "image_max_megapixels", "request_max_mb",
                      "workers", "threads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
@@ -120,6 +141,7 @@ class Settings:
 # Older names users know from the Label Studio SAM tutorial and SDK, mapped to ours.
 _ALIASES = {
     "VITH_CHECKPOINT": "SAM_CHECKPOINT",
+    "ONNX_CHECKPOINT": "ONNX_DECODER",
     "LABEL_STUDIO_HOST": "LABEL_STUDIO_URL",
     "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY",
 }
@@ -140,7 +162,7 @@ def _convert(name: str, raw: str, kind: object) -> object:
         raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
     if name == "SAM_CHOICE":
         return {c.lower(): c for c in SAM_CHOICES}.get(raw.strip().lower(), raw)
-    if name in ("SAM_MODEL_TYPE", "DEVICE"):
+    if name in ("SAM_MODEL_TYPE", "DEVICE", "EMBEDDING_PRECISION"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":
         return raw.strip().rstrip("/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -49,13 +50,31 @@ def test_captured_interactive_keypoint_gets_a_brush_region(make_client, served_i
     assert prediction["score"] == pytest.approx(region["score"])
 
 
-def test_opening_a_task_gets_one_empty_prediction_per_task(make_client, encoder_calls):
-    client, _ = make_client()
+def test_opening_tasks_answers_no_prediction_and_warms_the_image(make_client, image_host, encoder_calls):
+    """An empty list per task (Label Studio stores nothing), then the image is embedded in the background."""
+    client, backend = make_client()
+    url = image_host.add_image("/data/upload/1/opened.png", scene(200, 150, seed=41))
     body = captured("predict_noninteractive_dm_action.json")
-    body["tasks"] = body["tasks"] * 3
+    body["tasks"] = [{**body["tasks"][0], "id": i, "data": {"image": url}} for i in (1, 2, 3)]
     response = client.post("/predict", json=body)
     assert response.status_code == 200
-    assert [p["result"] for p in response.json["results"]] == [[], [], []]
+    assert response.json["results"] == [[], [], []]
+    deadline = time.monotonic() + 120
+    while backend.cache.stats().entries == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(encoder_calls) == 1, "three tasks showing one image are embedded once"
+    click = client.post("/predict", json=predict_body(url, [keypoint(50, 50)]))
+    assert click.status_code == 200 and len(click.json["results"][0]["result"]) == 1
+    assert len(encoder_calls) == 1, "the first click found the embedding ready"
+
+
+def test_warming_can_be_turned_off(make_client, image_host, encoder_calls):
+    client, backend = make_client(WARM_MAX_TASKS="0")
+    url = image_host.add_image("/data/upload/1/not-warmed.png", scene(100, 100, seed=42))
+    body = predict_body(url, None)
+    assert client.post("/predict", json=body).json["results"] == [[]]
+    time.sleep(0.5)
+    assert backend.cache.stats().entries == 0 and encoder_calls == []
 
 
 def test_webhook_accepts_every_action(make_client):
@@ -94,7 +113,8 @@ def test_metrics_count_requests_and_cache(make_client, served_image):
     client.post("/predict", json=predict_body(served_image, [keypoint(10, 10)]))
     text = client.get("/metrics").get_data(as_text=True)
     assert 'sam_requests_total{route="/predict",status="200"} 1.0' in text
-    assert "sam_embedding_cache_misses 1.0" in text
+    assert "sam_embedding_cache_misses_total 1.0" in text
+    assert 'sam_embedding_lookups_total{source="encoder"} 1.0' in text
 
 
 @pytest.mark.parametrize("send, status, message", [

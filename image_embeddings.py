@@ -1,0 +1,136 @@
+"""The embedding of the image a task shows: from this process's cache, the shared cache, or the encoder.
+
+A click on an image seen before costs no download, no decode and no encoder run: the task URL is
+remembered with the digest of the image's bytes, and the digest keys the embedding (so two tasks showing
+the same file share one entry). Opening a task can warm its embedding in the background.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from embedding_cache import EmbeddingCache
+from images import ImageSource, decode_image
+from predictor import Embedding, Predictor
+from settings import Settings
+from shared_cache import SharedEmbeddings
+
+log = logging.getLogger(__name__)
+
+Source = Literal["memory", "shared", "encoder"]
+REMEMBERED_URLS = 4096
+MAX_QUEUED_WARMUPS = 32
+
+
+class ImageEmbeddings:
+    """Finds or computes embeddings for task image URLs; safe to call from many threads."""
+
+    def __init__(self, settings: Settings, predictor: Predictor, images: ImageSource,
+                 cache: EmbeddingCache, shared: SharedEmbeddings | None = None) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.images = images
+        self.cache = cache
+        self.shared = shared
+        self._digests: OrderedDict[str, str] = OrderedDict()  # task image URL -> SHA-256 of its bytes
+        self._lock = threading.Lock()
+        self._warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
+        self._queued = 0
+        self._sources: Counter[Source] = Counter()
+
+    def sources(self) -> dict[Source, int]:
+        """How many lookups were answered from memory, from the shared cache, and by the encoder."""
+        with self._lock:
+            return {source: self._sources[source] for source in ("memory", "shared", "encoder")}
+
+    def get(self, url: str, task_id: int | None) -> tuple[Embedding, Source]:
+        """The embedding of the image at `url`, and where it came from."""
+        embedding, source = self._find(url, task_id)
+        with self._lock:
+            self._sources[source] += 1
+        return embedding, source
+
+    def _find(self, url: str, task_id: int | None) -> tuple[Embedding, Source]:
+        digest = self._known_digest(url)
+        if digest is not None:
+            found = self._stored(digest)
+            if found is not None:
+                return found
+        data = self.images.read(url, task_id)
+        digest = hashlib.sha256(data).hexdigest()
+        self._remember(url, digest)
+        sources: list[Source] = []
+
+        def find_or_encode() -> Embedding:
+            shared = self.shared.get(digest) if self.shared else None
+            if shared is not None:
+                sources.append("shared")
+                return self._kept(shared)
+            sources.append("encoder")
+            image = decode_image(data, self.settings.image_max_megapixels * 10**6)
+            embedding = self.predictor.embed(image)
+            if self.shared:
+                self.shared.put(digest, embedding)
+            return self._kept(embedding)
+
+        embedding = self.cache.get_or_compute(digest, find_or_encode)
+        return embedding, sources[0] if sources else "memory"
+
+    def warm(self, url: str, task_id: int | None) -> bool:
+        """Embed the image in the background unless too much is queued; True when queued."""
+        with self._lock:
+            if self._queued >= MAX_QUEUED_WARMUPS:
+                return False
+            self._queued += 1
+        self._warmer.submit(self._warm_now, url, task_id)
+        return True
+
+    def _warm_now(self, url: str, task_id: int | None) -> None:
+        try:
+            _, source = self.get(url, task_id)
+            log.debug("warmed task %s image from %s", task_id, source)
+        except Exception as error:  # a background job has no client to answer: log and move on
+            log.warning("could not warm task %s image: %s", task_id, getattr(error, "message", error))
+        finally:
+            with self._lock:
+                self._queued -= 1
+
+    def _stored(self, digest: str) -> tuple[Embedding, Source] | None:
+        """The embedding from this process's cache or, failing that, the shared one."""
+        embedding = self.cache.get(digest)
+        if embedding is not None:
+            return embedding, "memory"
+        if self.shared is None:
+            return None
+        shared = self.shared.get(digest)
+        if shared is None:
+            return None
+        shared = self._kept(shared)
+        self.cache.put(digest, shared)
+        return shared, "shared"
+
+    def _kept(self, embedding: Embedding) -> Embedding:
+        """The form this process keeps embeddings in (EMBEDDING_PRECISION)."""
+        return embedding.compact() if self.settings.embedding_precision == "float16" else embedding
+
+    def _known_digest(self, url: str) -> str | None:
+        with self._lock:
+            digest = self._digests.get(url)
+            if digest is not None:
+                self._digests.move_to_end(url)
+                return digest
+        return self.shared.image_digest(url) if self.shared else None
+
+    def _remember(self, url: str, digest: str) -> None:
+        with self._lock:
+            self._digests[url] = digest
+            self._digests.move_to_end(url)
+            while len(self._digests) > REMEMBERED_URLS:
+                self._digests.popitem(last=False)
+        if self.shared:
+            self.shared.remember_image(url, digest)

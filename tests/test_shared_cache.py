@@ -1,0 +1,86 @@
+"""Embeddings shared through a real Redis: one encoder run per image across replicas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+
+from backend_process import BackendProcess, free_port
+from conftest import scene
+from ls_bodies import keypoint, predict_body
+from predictor import Embedding
+from redis_server import RedisServer
+from reference import decode_brush_region
+from shared_cache import SharedEmbeddings
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    server = RedisServer()
+    yield server.url
+    server.stop()
+
+
+def test_embedding_round_trip_is_float16_with_its_sizes(redis_url):
+    store = SharedEmbeddings(redis_url, "roundtrip", ttl_seconds=60)
+    features = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    store.put("abc", Embedding(features=features, input_size=(768, 1024), original_size=(3000, 4000)))
+    back = store.get("abc")
+    assert back.features.dtype == np.float16 and back.features.flags.writeable
+    np.testing.assert_allclose(back.features, features, rtol=1e-3, atol=1e-3)
+    assert (back.input_size, back.original_size) == ((768, 1024), (3000, 4000))
+    assert store.get("other") is None
+    assert SharedEmbeddings(redis_url, "another-model", ttl_seconds=60).get("abc") is None
+
+
+def test_url_to_image_digest_is_shared(redis_url):
+    writer = SharedEmbeddings(redis_url, "urls", ttl_seconds=60)
+    writer.remember_image("/data/upload/1/a.png", "d1g3st")
+    assert SharedEmbeddings(redis_url, "urls", ttl_seconds=60).image_digest("/data/upload/1/a.png") == "d1g3st"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"no header", b'{"input_size": [1, 1]}\n', b'{"input_size": [0, 1], '
+                                     b'"original_size": [1, 1]}\n' + bytes(2 * 256 * 64 * 64), b"[1]\n"])
+def test_malformed_shared_entries_are_ignored(redis_url, garbage):
+    import redis
+
+    store = SharedEmbeddings(redis_url, "garbage", ttl_seconds=60)
+    redis.Redis.from_url(redis_url).set("sam-ls-backend:garbage:embedding:bad", garbage)
+    assert store.get("bad") is None
+
+
+def test_redis_down_never_fails_a_click(make_client, image_host, encoder_calls):
+    client, backend = make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    url = image_host.add_image("/data/upload/1/no-redis.png", scene(120, 90, seed=51))
+    for _ in range(2):
+        response = client.post("/predict", json=predict_body(url, [keypoint(50, 50)]))
+        assert response.status_code == 200 and len(response.json["results"][0]["result"]) == 1
+    assert len(encoder_calls) == 1
+
+
+def test_replica_b_reuses_the_embedding_replica_a_computed(redis_url, vit_t_checkpoint, image_host, tmp_path):
+    env = {"MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "LABEL_STUDIO_URL": image_host.url,
+           "LABEL_STUDIO_API_KEY": image_host.token, "REDIS_URL": redis_url, "WARM_MAX_TASKS": "0"}
+    replica_a = BackendProcess(env, log_path=tmp_path / "a.log")
+    replica_b = BackendProcess(env, log_path=tmp_path / "b.log")
+    try:
+        replica_a.wait_ready()
+        replica_b.wait_ready()
+        url = image_host.add_image("/data/upload/1/shared.png", scene(320, 240, seed=52))
+        body = predict_body(url, [keypoint(40, 40), keypoint(70, 70, False)])
+        first = requests.post(f"{replica_a.url}/predict", json=body, timeout=120).json()
+        downloads = len(image_host.requests)
+        second = requests.post(f"{replica_b.url}/predict", json=body, timeout=120).json()
+        metrics_b = requests.get(f"{replica_b.url}/metrics", timeout=10).text
+        metrics_a = requests.get(f"{replica_a.url}/metrics", timeout=10).text
+    finally:
+        replica_a.stop()
+        replica_b.stop()
+    assert 'sam_embedding_lookups_total{source="encoder"} 1.0' in metrics_a
+    assert 'sam_embedding_lookups_total{source="shared"} 1.0' in metrics_b
+    assert 'sam_embedding_lookups_total{source="encoder"} 0.0' in metrics_b
+    assert len(image_host.requests) == downloads, "replica B knew the image from A: no download"
+    mask_a = decode_brush_region(first["results"][0]["result"][0])
+    mask_b = decode_brush_region(second["results"][0]["result"][0])
+    assert np.logical_and(mask_a, mask_b).sum() / np.logical_or(mask_a, mask_b).sum() >= 0.999
