@@ -7,6 +7,8 @@ with what `segment_anything.SamPredictor` computes for the same prompt.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
@@ -133,6 +136,37 @@ def test_local_files_task(project: E2EProject, vit_t_checkpoint: Path) -> None:
     regions = smart_regions("positive_keypoint", image)
     region = single_brush_region(ls.interactive_annotating(project.ml_id, task_id, regions))
     assert_is_sam_mask(region, image, regions, vit_t_checkpoint)
+
+
+def test_opening_a_task_warms_its_image_and_stores_no_prediction(
+    project: E2EProject, backend_url: str, tmp_path: Path
+) -> None:
+    """LS asks for predictions when a task is opened: the image gets embedded, and no empty prediction is left."""
+    image = scene(300, 200, seed=3)
+    path = tmp_path / "opened.png"
+    Image.fromarray(image).save(path)
+    ls = project.label_studio
+    task_id = ls.import_image(project.project_id, path)
+    encoded_before = encoder_runs(backend_url)
+    ls.get_task(task_id)  # what the labeling screen does when the annotator opens the task
+    deadline = time.monotonic() + 120
+    while encoder_runs(backend_url) == encoded_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert encoder_runs(backend_url) == encoded_before + 1, "opening the task embeds its image in the background"
+    task = ls.get_task(task_id)
+    assert task["predictions"] == [] and task["total_predictions"] == 0
+    region = single_brush_region(ls.interactive_annotating(project.ml_id, task_id,
+                                                           smart_regions("positive_keypoint", image)))
+    assert decode_brush_region(region).shape == (200, 300)
+    assert encoder_runs(backend_url) == encoded_before + 1, "the first click found the embedding ready"
+
+
+def encoder_runs(backend_url: str) -> float:
+    """How many images the backend has run through its encoder, from its /metrics."""
+    text = requests.get(f"{backend_url}/metrics", timeout=10).text
+    found = re.search(r'^sam_embedding_lookups_total\{source="encoder"\} (\S+)$', text, re.MULTILINE)
+    assert found, "the backend's /metrics lacks its encoder counter"
+    return float(found.group(1))
 
 
 def smart_regions(interaction: str, image: np.ndarray) -> list[dict[str, Any]]:
