@@ -5,9 +5,14 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9090
 
+# glibc malloc keeps the encoder's large buffers instead of returning them to the kernel after every
+# image: measured 1.7x faster encoding. The Docker image sets the same.
+export MALLOC_MMAP_THRESHOLD_ = 4294967296
+export MALLOC_TRIM_THRESHOLD_ = 68719476736
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check redis-server clean-venv
+.PHONY: run test bench bench-memory check redis-server clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -20,6 +25,13 @@ run: $(VENV)/.runtime
 test: $(VENV)/.tests redis-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
+
+bench: $(VENV)/.tests
+	$(BIN)/python bench/bench_server.py
+	$(BIN)/python bench/bench_rle.py
+
+bench-memory: $(VENV)/.tests
+	$(BIN)/python bench/bench_memory.py
 
 check: $(VENV)/.runtime
 	$(BIN)/python _wsgi.py --check

@@ -12,14 +12,12 @@ import torch
 
 def save_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
     """Build `model_type` with seeded random weights and save its state dict to `path`."""
+    from advanced_sam import MODEL_BUILDERS  # the official registries' builders
+
     torch.manual_seed(seed)
+    model = MODEL_BUILDERS[model_type]()
     if model_type == "vit_t":
-        from mobile_sam import sam_model_registry
-        model = sam_model_registry["vit_t"]()
         _make_masks_blob_like(model)
-    else:
-        from segment_anything import sam_model_registry
-        model = sam_model_registry[model_type]()
     torch.save(model.state_dict(), path)
     return path
 

@@ -1,0 +1,215 @@
+"""Click latency of the real server over HTTP, against the Label Studio tutorial's way of serving SAM.
+
+Starts the backend (`python _wsgi.py`, gunicorn) on a random-weight MobileSAM checkpoint, serves task images
+from a loopback server that plays Label Studio, sends Label Studio-shaped /predict requests, and prints
+medians and ratios measured in this one run. Random weights cost the same compute as trained ones.
+
+    python bench/bench_server.py [--repeats N]      (or `make bench`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from backend_process import BackendProcess  # noqa: E402
+from checkpoints import save_random_checkpoint  # noqa: E402
+from conftest import scene  # noqa: E402
+from image_host import ImageHost  # noqa: E402
+from ls_bodies import keypoint, predict_body  # noqa: E402
+
+# glibc malloc settings the Docker image uses: the encoder's large buffers are not handed back to the kernel.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+OPENED_WAIT_S = 3.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10, help="clicks per measured case (default 10)")
+    args = parser.parse_args()
+    if any(os.environ.get(name) != value for name, value in MALLOC_ENV.items()):
+        # glibc reads these at start-up: run again with them, so in-process cases get what the server gets.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    with tempfile.TemporaryDirectory() as work:
+        checkpoint = save_random_checkpoint("vit_t", Path(work) / "mobile_sam.pt")
+        host = ImageHost()
+        backend = BackendProcess({"MOBILESAM_CHECKPOINT": str(checkpoint), "LABEL_STUDIO_URL": host.url,
+                                  "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "WARNING",
+                                  **MALLOC_ENV}, log_path=Path(work) / "backend.log").wait_ready()
+        try:
+            rows = measure(backend.url, host, checkpoint, args.repeats)
+        finally:
+            backend.stop()
+            host.close()
+    report(rows)
+    return 0
+
+
+def measure(url: str, host: ImageHost, checkpoint: Path, repeats: int) -> dict[str, list[float]]:
+    """Every case of the table, in seconds per click. Cases compared in a ratio are measured alternately."""
+    images = {"1024x768": scene(1024, 768, seed=1), "4000x3000": scene(4000, 3000, seed=2)}
+    paths = {name: host.add_image(f"/data/upload/1/warm-{name}.png", image) for name, image in images.items()}
+    for path in paths.values():
+        click(url, path, 0)  # the first click pays download, decode and encoder
+    bare, tutorial = in_process(checkpoint, images["4000x3000"])
+    rows: dict[str, list[float]] = {name: [] for name in (
+        "warm click 1024x768", "warm click 4000x3000", BARE, TUTORIAL_WARM)}
+    for i in range(repeats):
+        rows["warm click 1024x768"].append(click(url, paths["1024x768"], i))
+        rows["warm click 4000x3000"].append(click(url, paths["4000x3000"], i))
+        rows[BARE].append(timed(bare))
+        rows[TUTORIAL_WARM].append(timed(lambda: tutorial(images["4000x3000"])))
+    rows["first click 4000x3000, task opened 3 s before"] = [
+        first_click_after_open(url, host, scene(4000, 3000, seed=10 + i), i) for i in range(max(3, repeats // 3))]
+    four = [scene(1024, 768, seed=20 + i) for i in range(4)]
+    four_paths = [host.add_image(f"/data/upload/1/annotator-{i}.png", image) for i, image in enumerate(four)]
+    for path in four_paths:
+        click(url, path, 0)
+    rows[INTERLEAVED] = interleaved([lambda i, p=path: click(url, p, i) for path in four_paths], repeats)
+    lock = threading.Lock()
+
+    def tutorial_locked(image: np.ndarray) -> None:
+        with lock:  # one shared SamPredictor: without the lock, annotators get each other's masks
+            tutorial(image)
+
+    rows[TUTORIAL_INTERLEAVED] = interleaved(
+        [lambda i, image=image: tutorial_locked(image) for image in four], max(2, repeats // 3))
+    return rows
+
+
+BARE = "bare decoder + upscale 4000x3000 (in process)"
+TUTORIAL_WARM = "baseline: tutorial warm click 4000x3000"
+INTERLEAVED = "4 annotators interleaving, 1024x768"
+TUTORIAL_INTERLEAVED = "baseline: tutorial, 4 annotators interleaving 1024x768"
+
+
+def click(url: str, path: str, index: int) -> float:
+    """One smart keypoint click; the point moves a little each time, as an annotator's would."""
+    body = predict_body(path, [keypoint(40 + index % 20, 50 + index % 10)])
+    started = time.perf_counter()
+    response = requests.post(f"{url}/predict", json=body, timeout=300)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    assert response.json()["results"][0]["result"], "a click must yield a region"
+    return elapsed
+
+
+def first_click_after_open(url: str, host: ImageHost, image: np.ndarray, index: int) -> float:
+    """Open a task (/predict without context, as Label Studio does), wait, then click."""
+    path = host.add_image(f"/data/upload/1/opened-{index}.png", image)
+    requests.post(f"{url}/predict", json=predict_body(path, None), timeout=60).raise_for_status()
+    time.sleep(OPENED_WAIT_S)
+    return click(url, path, index)
+
+
+def interleaved(annotators: list[Callable[[int], object]], repeats: int) -> list[float]:
+    """Each annotator (a thread) clicks `repeats` times on its own image, all at once; seconds per click."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def annotator(act: Callable[[int], object]) -> None:
+        for i in range(repeats):
+            elapsed = timed(lambda: act(i))
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=annotator, args=(act,)) for act in annotators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def in_process(checkpoint: Path, image: np.ndarray) -> tuple[Callable[[], object], Callable[[np.ndarray], None]]:
+    """The bare decoder + upscale on `image`, and the tutorial backend's click, both in this process."""
+    import torch
+    from label_studio_sdk.converter.brush import mask2rle
+    from segment_anything import SamPredictor
+
+    from advanced_sam import load_predictor
+    from prompts import Prompt
+    from settings import Settings
+
+    predictor = load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint)))
+    prompt = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
+    embedding = predictor.embed(image)
+    tutorial = SamPredictor(predictor.model)
+    state = {"image": None}
+
+    @torch.inference_mode()
+    def tutorial_click(image: np.ndarray) -> None:
+        """set_image when the image changes (a cache of one), predict, F.interpolate upscale, SDK mask2rle."""
+        if state["image"] is not image:
+            tutorial.set_image(image)
+            state["image"] = image
+        height, width = image.shape[:2]
+        masks, scores, _ = tutorial.predict(point_coords=np.array([[0.4 * width, 0.5 * height]]),
+                                            point_labels=np.array([1]), multimask_output=True)
+        mask2rle((masks[int(np.argmax(scores))] * 255).astype(np.uint8))
+
+    return (lambda: predictor.predict(embedding, prompt)), tutorial_click
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def report(rows: dict[str, list[float]]) -> None:
+    """The table: machine, versions, medians, then the issue's targets as ratios of this run's medians."""
+    import label_studio_sdk
+    import torch
+
+    median = {name: statistics.median(times) * 1000 for name, times in rows.items()}
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}")
+    print(f"versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+          f"label-studio-sdk {label_studio_sdk.__version__ if hasattr(label_studio_sdk, '__version__') else '?'}")
+    print(f"model: MobileSAM (vit_t), random weights; torch threads {torch.get_num_threads()}\n")
+    print(f"| {'case':<56} | {'median ms':>9} | {'p90 ms':>7} | {'n':>3} |")
+    print(f"|{'-' * 58}|{'-' * 11}|{'-' * 9}|{'-' * 5}|")
+    for name, times in rows.items():
+        p90 = float(np.percentile(times, 90)) * 1000
+        print(f"| {name:<56} | {median[name]:>9.0f} | {p90:>7.0f} | {len(times):>3} |")
+    warm_big = median["warm click 4000x3000"]
+    checks = [
+        ("warm click 4000x3000 / bare decoder + upscale", warm_big / median[BARE], "<= 1.5"),
+        ("tutorial warm click / ours, 4000x3000", median[TUTORIAL_WARM] / warm_big, ">= 2"),
+        ("first click after open / warm click, 4000x3000",
+         median["first click 4000x3000, task opened 3 s before"] / warm_big, "<= 1.5"),
+        ("tutorial / ours, 4 annotators interleaving",
+         median[TUTORIAL_INTERLEAVED] / median[INTERLEAVED], ">= 5"),
+    ]
+    print(f"\n| {'ratio':<56} | {'value':>9} | {'target':>7} |")
+    print(f"|{'-' * 58}|{'-' * 11}|{'-' * 9}|")
+    for name, value, target in checks:
+        print(f"| {name:<56} | {value:>9.2f} | {target:>7} |")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
