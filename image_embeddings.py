@@ -16,6 +16,7 @@ from typing import Literal
 
 from embedding_cache import EmbeddingCache
 from images import ImageSource, decode_image
+from metrics import ENCODER_SECONDS
 from predictor import Embedding, Predictor
 from settings import Settings
 from shared_cache import SharedEmbeddings
@@ -73,7 +74,8 @@ class ImageEmbeddings:
                 return self._kept(shared)
             sources.append("encoder")
             image = decode_image(data, self.settings.image_max_megapixels * 10**6)
-            embedding = self.predictor.embed(image)
+            with ENCODER_SECONDS.time():
+                embedding = self.predictor.embed(image)
             if self.shared:
                 self.shared.put(digest, embedding)
             return self._kept(embedding)

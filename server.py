@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
+import metrics as model_metrics
 from errors import BackendError, InvalidRequest
 from model import PredictStats, SamBackend
 from settings import Settings
@@ -21,6 +22,7 @@ from settings import Settings
 log = logging.getLogger("sam_ls_backend.http")
 
 OPEN_ROUTES = ("/health",)  # Label Studio probes these without credentials unless told otherwise
+LOGGED_ERROR_CHARS = 300
 
 
 def create_app(settings: Settings, backend: SamBackend) -> Flask:
@@ -56,7 +58,8 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), mimetype="text/plain; version=0.0.4")
+        text = generate_latest(metrics.registry) + generate_latest(model_metrics.REGISTRY)
+        return Response(text, mimetype="text/plain; version=0.0.4")
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -70,22 +73,26 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
         password_ok = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
         if user_ok and password_ok:
             return None
+        g.error_kind = "Unauthorized"
         response = _error(401, "authentication required: wrong or missing basic-auth credentials")
         response.headers["WWW-Authenticate"] = 'Basic realm="sam-ls-backend"'
         return response
 
     @app.errorhandler(BackendError)
     def backend_error(error: BackendError) -> Response:
+        g.error_kind = type(error).__name__
         return _error(error.status, error.message)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
+        g.error_kind = type(error).__name__
         if error.code == 413:
             return _error(413, f"request body too large: the limit is {settings.request_max_mb} MB (REQUEST_MAX_MB)")
         return _error(error.code or 500, error.description or error.name)
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
+        g.error_kind = "InternalError"
         log.exception("unexpected error on %s", request.path)
         return _error(500, "internal error in the backend; its log has the details")
 
@@ -93,7 +100,9 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
     def account(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "unknown"
-        metrics.observe(route, response.status_code, elapsed)
+        metrics.observe(route, _prompt_kind(g.get("stats")), response.status_code, elapsed)
+        if response.status_code >= 400:
+            metrics.errors.labels(kind=g.get("error_kind", "HTTPError")).inc()
         _log_request(route, response, elapsed)
         return response
 
@@ -125,28 +134,41 @@ def _log_request(route: str, response: Response, elapsed: float) -> None:
     if stats is not None:
         fields += [f"{name}={value}" for name, value in asdict(stats).items()]
     if g.get("error"):
-        fields.append(f"error={g.error!r}")
+        error = g.error if len(g.error) <= LOGGED_ERROR_CHARS else g.error[:LOGGED_ERROR_CHARS] + "…"
+        fields.append(f"error={error!r}")  # cut: an error may quote a value of the (hostile) request
     level = logging.WARNING if response.status_code >= 400 else logging.INFO
     if route in ("/health", "/metrics") and response.status_code < 400:
         level = logging.DEBUG
     log.log(level, " ".join(fields))
 
 
+def _prompt_kind(stats: PredictStats | None) -> str:
+    """What a /predict asked for: a task opened, clicks, a box, or a box with clicks; "-" for other routes."""
+    if stats is None:
+        return "-"
+    if not stats.interactive:
+        return "open"
+    return {(True, False): "points", (False, True): "box", (True, True): "box+points"}.get(
+        (stats.points > 0, stats.boxes > 0), "invalid")
+
+
 class _Metrics:
-    """Prometheus counters for this process, in a registry of the app's own."""
+    """Prometheus counters of the HTTP side, in a registry of the app's own."""
 
     def __init__(self, backend: SamBackend) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("sam_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("sam_request_seconds", "HTTP request latency by route", ["route"],
-                                 registry=self.registry,
+        self.requests = Counter("sam_requests", "HTTP requests by route, prompt kind and status",
+                                ["route", "kind", "status"], registry=self.registry)
+        self.latency = Histogram("sam_request_seconds", "HTTP request latency by route and prompt kind",
+                                 ["route", "kind"], registry=self.registry,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.errors = Counter("sam_errors", "requests refused or failed, by kind of error", ["kind"],
+                              registry=self.registry)
         self.registry.register(_CacheCollector(backend))
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.latency.labels(route=route).observe(seconds)
+    def observe(self, route: str, kind: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, kind=kind, status=str(status)).inc()
+        self.latency.labels(route=route, kind=kind).observe(seconds)
 
 
 class _CacheCollector:

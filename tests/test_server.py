@@ -112,7 +112,13 @@ def test_metrics_count_requests_and_cache(make_client, served_image):
     client, _ = make_client()
     client.post("/predict", json=predict_body(served_image, [keypoint(10, 10)]))
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'sam_requests_total{route="/predict",status="200"} 1.0' in text
+    assert 'sam_requests_total{kind="points",route="/predict",status="200"} 1.0' in text
+    assert "sam_encoder_seconds_count" in text and "sam_decoder_seconds_count" in text
+    client.post("/predict", json={"tasks": []})
+    client.get("/nowhere")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'sam_errors_total{kind="InvalidRequest"} 1.0' in text
+    assert 'sam_errors_total{kind="NotFound"} 1.0' in text
     assert "sam_embedding_cache_misses_total 1.0" in text
     assert 'sam_embedding_lookups_total{source="encoder"} 1.0' in text
 
