@@ -41,19 +41,13 @@ class EmbeddingCache:
     def get(self, key: str) -> Sized | None:
         """The cached value, or None; counts as a hit when found."""
         with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-                self._hits += 1
-            return value
+            return self._hit(key)
 
     def get_or_compute(self, key: str, compute: Callable[[], Sized]) -> Sized:
         """The cached value, else `compute()` once for all concurrent callers of the same key."""
         with self._lock:
-            value = self._entries.get(key)
+            value = self._hit(key)
             if value is not None:
-                self._entries.move_to_end(key)
-                self._hits += 1
                 return value
             pending = self._pending.get(key)
             owner = pending is None
@@ -86,6 +80,14 @@ class EmbeddingCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self._hits, self._misses, len(self._entries), self._bytes)
+
+    def _hit(self, key: str) -> Sized | None:
+        """The entry for `key`, now the most recently used, counted as a hit (lock held)."""
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+            self._hits += 1
+        return value
 
     def _store(self, key: str, value: Sized) -> None:
         """Insert and evict the least recently used entries beyond the byte budget (lock held)."""
