@@ -3,7 +3,9 @@
 Unlike `segment_anything.SamPredictor`, nothing about "the current image" is kept on the object: `embed`
 returns an `Embedding` value and `predict` takes it back, so threads serving different images never mix.
 The arithmetic is SamPredictor's own (same resize, normalisation, prompt transforms and upscaling), so a
-mask from here equals SamPredictor's mask for the same checkpoint, image and prompt.
+mask from here equals SamPredictor's mask for the same checkpoint, image and prompt (and `mask_input`).
+Objects decoded together in one batched call (DECODER_BATCH) can differ from that in a few pixels per
+million, because batched matrix products round differently.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,15 +55,17 @@ def load_predictor(settings: Settings) -> "SamImagePredictor":
     model.to(device).eval()
     log.info("loaded %s (%s) from %s on %s in %.1f s", settings.sam_choice, model_type, path, device,
              time.perf_counter() - started)
-    return SamImagePredictor(model, model_type=model_type)
+    batch = settings.decoder_batch == "on" or (settings.decoder_batch == "auto" and device.type == "cuda")
+    return SamImagePredictor(model, model_type=model_type, batch_decoder=batch)
 
 
 class SamImagePredictor:
     """Thread-safe SAM/MobileSAM inference: `embed` an image, then `predict` prompts on the embedding."""
 
-    def __init__(self, model: torch.nn.Module, model_type: str) -> None:
+    def __init__(self, model: torch.nn.Module, model_type: str, batch_decoder: bool = False) -> None:
         self.model = model
         self.model_type = model_type
+        self.batch_decoder = batch_decoder
         self.device = next(model.parameters()).device
         self._transform = ResizeLongestSide(model.image_encoder.img_size)
         # One image at a time through the encoder: it already uses every core (or most of a GPU).
@@ -77,22 +81,51 @@ class SamImagePredictor:
         return Embedding(features=features, input_size=tuple(pixels.shape[-2:]),
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
+    def predict(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
+        """Decode one object's mask; a lone click asks SAM for three candidates and keeps the best.
+
+        `mask_input` (256×256 logits, e.g. a previous answer's `low_res_logits`) is SamPredictor's `mask_input`.
+        """
+        return self._decode(embedding, [prompt], [mask_input])[0]
+
+    def predict_batch(self, embedding: Embedding, prompts: Sequence[Prompt],
+                      mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+        """One mask per prompt. With `batch_decoder`, prompts of the same shape (point count, box or not, lone
+        click or not, mask input or not) share one decoder call; otherwise each is decoded alone."""
+        if not self.batch_decoder:
+            return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
+        groups: dict[tuple, list[int]] = {}
+        for index, (prompt, mask) in enumerate(zip(prompts, mask_inputs)):
+            shape = (len(prompt.points), prompt.box is not None, prompt.is_single_click, mask is not None)
+            groups.setdefault(shape, []).append(index)
+        results: list[MaskResult | None] = [None] * len(prompts)
+        for members in groups.values():
+            decoded = self._decode(embedding, [prompts[i] for i in members], [mask_inputs[i] for i in members])
+            for index, result in zip(members, decoded):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
     @torch.inference_mode()
-    def predict(self, embedding: Embedding, prompt: Prompt) -> MaskResult:
-        """Decode one object's mask; a lone click asks SAM for three candidates and keeps the best."""
+    def _decode(self, embedding: Embedding, prompts: Sequence[Prompt],
+                mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+        """One decoder call for prompts of the same shape (see `predict_batch`), as SamPredictor.predict does it."""
         height, width = embedding.original_size
-        coords, labels, box = prompt.in_pixels(width, height)
+        pixels = [prompt.in_pixels(width, height) for prompt in prompts]
         points = None
-        if coords is not None:
-            coords = self._transform.apply_coords(coords, embedding.original_size)
-            points = (torch.as_tensor(coords, dtype=torch.float, device=self.device)[None],
-                      torch.as_tensor(labels, dtype=torch.int, device=self.device)[None])
+        if pixels[0][0] is not None:
+            coords = np.stack([self._transform.apply_coords(c, embedding.original_size) for c, _, _ in pixels])
+            points = (torch.as_tensor(coords, dtype=torch.float, device=self.device),
+                      torch.as_tensor(np.stack([labels for _, labels, _ in pixels]), dtype=torch.int,
+                                      device=self.device))
         boxes = None
-        if box is not None:
-            box = self._transform.apply_boxes(box, embedding.original_size)
-            boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)[None]
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        multimask = prompt.is_single_click
+        if pixels[0][2] is not None:
+            box = np.stack([self._transform.apply_boxes(b, embedding.original_size)[0] for _, _, b in pixels])
+            boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
+        masks = None
+        if mask_inputs[0] is not None:
+            masks = torch.as_tensor(np.stack(mask_inputs)[:, None], dtype=torch.float, device=self.device)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        multimask = prompts[0].is_single_click
         features = torch.as_tensor(embedding.features, device=self.device).float()
         low_res, scores = self.model.mask_decoder(
             image_embeddings=features,
@@ -101,14 +134,15 @@ class SamImagePredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        best = int(torch.argmax(scores[0])) if multimask else 0
-        low_res = low_res[:, best:best + 1]
-        masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-        return MaskResult(
-            mask=(masks[0, 0] > self.model.mask_threshold).cpu().numpy(),
-            score=float(scores[0, best]),
-            low_res_logits=low_res[0, 0].float().cpu().numpy(),
-        )
+        rows = torch.arange(len(prompts), device=scores.device)
+        best = torch.argmax(scores, dim=1) if multimask else torch.zeros_like(rows)
+        low_res = low_res[rows, best][:, None]
+        scores = scores[rows, best]
+        upscaled = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        chosen = (upscaled[:, 0] > self.model.mask_threshold).cpu().numpy()
+        logits = low_res[:, 0].float().cpu().numpy()
+        return [MaskResult(mask=chosen[i], score=float(scores[i]), low_res_logits=logits[i])
+                for i in range(len(prompts))]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

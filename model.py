@@ -1,9 +1,11 @@
-"""The Label Studio-facing model: smart keypoints and rectangles on a task's image in, brush masks out."""
+"""The Label Studio-facing model: smart keypoints and rectangles on a task's image in, brush masks and/or
+polygons out (whichever controls the labeling config has for the image, or RESULT_TYPE forces)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -13,15 +15,19 @@ from errors import InvalidRequest
 from image_embeddings import ImageEmbeddings
 from images import ImageSource
 from label_config import LabelConfig, parse_label_config
-from predictor import Embedding, Predictor
+from metrics import DECODER_SECONDS
+from polygons import PolygonOptions, remove_small_regions
+from predictor import Embedding, MaskResult, Predictor, decode_objects
 from prompts import Prompt, prompts_from_regions
-from results import to_brush_result
+from refinement import RefinementHistory
+from results import to_results
 from settings import Settings
 from shared_cache import SharedEmbeddings, model_fingerprint
 
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 1000
+REFINEMENT_HISTORY_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -32,6 +38,8 @@ class PredictStats:
     points: int = 0
     boxes: int = 0
     regions: int = 0
+    refined: int = 0  # objects decoded with their previous answer as mask_input
+    below_threshold: int = 0  # masks dropped for a predicted IoU under SCORE_THRESHOLD
     cache_hits: int = 0  # embeddings found in this process's cache
     shared_hits: int = 0  # embeddings found in the shared (Redis) cache
     encoder_runs: int = 0
@@ -54,6 +62,9 @@ class SamBackend:
             namespace = model_fingerprint(self.model_version, settings.model_files)
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
         self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
+        self.history = RefinementHistory(REFINEMENT_HISTORY_BYTES)
+        self.polygon_options = PolygonOptions(settings.polygon_tolerance, settings.polygon_max_vertices,
+                                              settings.polygon_min_area)
         self._schemas: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -80,25 +91,48 @@ class SamBackend:
             # An empty list per task: Label Studio then stores no (empty) prediction for the task.
             return {"results": [[] for _ in tasks], "model_version": self.model_version}
         stats.interactive = True
-        prompts = prompts_from_regions(regions)
+        prompts = prompts_from_regions(regions, self.settings.negative_label_names)
         stats.points = sum(len(p.points) for p in prompts)
         stats.boxes = sum(p.box is not None for p in prompts)
-        predictions = [self._prediction(self._segment(task, prompts, config, stats)) for task in tasks]
+        project = str(body.get("project"))
+        predictions = [self._prediction(self._segment(project, task, prompts, config, stats)) for task in tasks]
         stats.regions = sum(len(p["result"]) for p in predictions)
         return {"results": predictions, "model_version": self.model_version}
 
-    def _segment(self, task: dict, prompts: list[Prompt], config: LabelConfig, stats: PredictStats) -> list[dict]:
-        """Brush regions for every prompt, each decoded on the embedding of the image it was drawn on."""
-        results = []
-        embeddings: dict[str, Embedding] = {}
+    def _segment(self, project: str, task: dict, prompts: list[Prompt], config: LabelConfig,
+                 stats: PredictStats) -> list[dict]:
+        """Result regions for every prompt, the objects of each image decoded together on its embedding."""
+        by_image: dict[str, list[Prompt]] = {}
         for prompt in prompts:
-            control = config.brush_control(prompt.to_name)
-            if prompt.to_name not in embeddings:
-                url = _image_url(task, config.image_field(prompt.to_name))
-                embeddings[prompt.to_name] = self._embedding(url, task.get("id"), stats)
-            answer = self.predictor.predict(embeddings[prompt.to_name], prompt)
-            results.append(to_brush_result(answer.mask, prompt.label, control, prompt.to_name, answer.score))
+            by_image.setdefault(prompt.to_name, []).append(prompt)
+        results = []
+        for to_name, objects in by_image.items():
+            controls = config.mask_controls(to_name, self.settings.result_type)
+            url = _image_url(task, config.image_field(to_name))
+            embedding = self._embedding(url, task.get("id"), stats)
+            answers = self._decode(embedding, (project, str(task.get("id")), url, to_name), objects, stats)
+            for prompt, answer in zip(objects, answers):
+                threshold = self.settings.score_threshold  # 0 is off: random weights even score below 0
+                if threshold > 0 and answer.score < threshold:
+                    stats.below_threshold += 1
+                    continue
+                mask = remove_small_regions(prompt.cut_negative_boxes(answer.mask), self.settings.min_area)
+                results += to_results(mask, prompt.label, controls, to_name, answer.score, self.polygon_options)
         return results
+
+    def _decode(self, embedding: Embedding, key: tuple, objects: list[Prompt], stats: PredictStats) -> list[MaskResult]:
+        """SAM's answers for the objects of one image, refining the previous round's when these prompts extend it."""
+        refinable = hasattr(self.predictor, "predict_batch")
+        mask_inputs = self.history.mask_inputs(key, objects) if refinable else [None] * len(objects)
+        started = time.perf_counter()
+        answers = decode_objects(self.predictor, embedding, objects, mask_inputs)
+        per_object = (time.perf_counter() - started) / len(objects)
+        for _ in objects:
+            DECODER_SECONDS.observe(per_object)
+        if refinable:
+            self.history.remember(key, objects, mask_inputs, answers)
+        stats.refined += sum(mask is not None for mask in mask_inputs)
+        return answers
 
     def _embedding(self, url: str, task_id: Any, stats: PredictStats) -> Embedding:
         embedding, source = self.embeddings.get(url, task_id if isinstance(task_id, int) else None)
@@ -114,7 +148,7 @@ class SamBackend:
         """Queue the images of opened tasks for embedding, so the first click finds them ready."""
         queued = 0
         for task in tasks[: self.settings.warm_max_tasks]:
-            for to_name in config.brush_controls:
+            for to_name in config.masked_images:
                 url = task["data"].get(config.image_fields.get(to_name, ""))
                 if isinstance(url, str) and url.strip():
                     task_id = task.get("id")

@@ -1,13 +1,15 @@
 """What every predictor offers the backend (torch SAM/MobileSAM, ONNX Runtime), as plain values.
 
 A predictor keeps nothing per image: `embed` returns an `Embedding` and `predict` takes it back, so threads
-serving different images never mix. This module imports neither torch nor onnxruntime.
+serving different images never mix. A predictor may also offer `predict_batch` (several objects at once, each
+optionally refined with its previous low-res logits); `decode_objects` falls back to `predict` per object.
+This module imports neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -58,3 +60,20 @@ class Predictor(Protocol):
     def predict(self, embedding: Embedding, prompt: Prompt) -> MaskResult:
         """One object's mask for `prompt` on the embedded image."""
         ...
+
+
+class BatchPredictor(Predictor, Protocol):
+    """A predictor that decodes several objects of one image together and accepts previous logits."""
+
+    def predict_batch(self, embedding: Embedding, prompts: Sequence[Prompt],
+                      mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+        """One mask per prompt; `mask_inputs[i]` (256×256 logits or None) is fed to SAM as `mask_input`."""
+        ...
+
+
+def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence[Prompt],
+                   mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+    """One mask per prompt: batched and refined when the predictor can, else one `predict` per prompt."""
+    if hasattr(predictor, "predict_batch"):
+        return predictor.predict_batch(embedding, prompts, mask_inputs)
+    return [predictor.predict(embedding, prompt) for prompt in prompts]

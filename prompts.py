@@ -1,16 +1,18 @@
 """From the smart regions an annotator drew in Label Studio to SAM prompts, one `Prompt` per object.
 
 Label Studio sends keypoints and rectangles in percent (0–100) of the original image: a keypoint's (x, y)
-is its centre, a rectangle's (x, y) its top-left corner, rotated by `rotation` degrees about that corner.
-Grouping: each rectangle is one object together with the keypoints inside it; keypoints outside every
-rectangle make one more object when at least one of them is positive, and otherwise (only negative clicks
-left over) they refine every rectangle's object.
+is its centre, a rectangle's (x, y) its top-left corner, rotated by `rotation` degrees (clockwise on screen)
+about that corner in pixels, so a rotated rectangle's bounding box depends on the image's aspect ratio.
+Grouping: each positive rectangle is one object together with the keypoints inside it; keypoints outside
+every rectangle make one more object when at least one of them is positive, and otherwise (only negative
+clicks left over) they refine every rectangle's object. Negative rectangles (`is_positive: false`, or a
+label listed in NEGATIVE_LABELS) are not SAM prompts: their area is cut out of every object on the image.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,6 +34,7 @@ class Prompt:
     points: tuple[Point, ...] = ()  # (x %, y %) centres
     point_labels: tuple[int, ...] = ()  # 1 = positive click, 0 = negative click
     box: Box | None = None  # (x0 %, y0 %, x1 %, y1 %), axis-aligned
+    negative_boxes: tuple[Box, ...] = ()  # areas cut out of the mask afterwards, same frame as `box`
 
     @property
     def is_single_click(self) -> bool:
@@ -48,6 +51,23 @@ class Prompt:
         if self.box is not None:
             box = np.asarray(self.box, dtype=np.float64) * np.tile(scale, 2)
         return coords, labels, box
+
+    def cut_negative_boxes(self, mask: np.ndarray) -> np.ndarray:
+        """`mask` (H×W bool) without the pixels whose centres lie inside a negative box."""
+        if not self.negative_boxes:
+            return mask
+        height, width = mask.shape
+        mask = mask.copy()
+        for x0, y0, x1, y1 in self.negative_boxes:
+            columns = slice(*_pixel_span(x0, x1, width))
+            rows = slice(*_pixel_span(y0, y1, height))
+            mask[rows, columns] = False
+        return mask
+
+
+def _pixel_span(low: float, high: float, size: int) -> tuple[int, int]:
+    """First and past-the-last pixel whose centre (i + 0.5) lies within [low %, high %] of `size` pixels."""
+    return math.ceil(low * size / 100.0 - 0.5), math.floor(high * size / 100.0 - 0.5) + 1
 
 
 @dataclass(frozen=True)
@@ -76,8 +96,11 @@ class _Rectangle:
         return (x1 - x0) * (y1 - y0)
 
 
-def prompts_from_regions(regions: Any) -> list[Prompt]:
-    """Group `context.result` regions into objects; raises `InvalidRequest` naming the faulty region."""
+def prompts_from_regions(regions: Any, negative_labels: frozenset[str] = frozenset()) -> list[Prompt]:
+    """Group `context.result` regions into objects; raises `InvalidRequest` naming the faulty region.
+
+    Keypoints and rectangles whose label is in `negative_labels` count as negative.
+    """
     if not isinstance(regions, list):
         raise InvalidRequest("context.result must be a list of regions")
     if len(regions) > MAX_REGIONS:
@@ -85,17 +108,23 @@ def prompts_from_regions(regions: Any) -> list[Prompt]:
     keypoints: list[_Keypoint] = []
     rectangles: list[_Rectangle] = []
     for index, region in enumerate(regions):
-        parsed = _parse_region(region, f"context.result[{index}]")
+        parsed = _parse_region(region, f"context.result[{index}]", negative_labels)
         if isinstance(parsed, _Keypoint):
             keypoints.append(parsed)
         elif isinstance(parsed, _Rectangle):
             rectangles.append(parsed)
     if not keypoints and not rectangles:
         raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from")
-    negative_boxes = [r for r in rectangles if not r.positive]
-    if negative_boxes:
-        raise InvalidRequest("negative rectangles (is_positive: false) are not supported yet; use negative keypoints")
-    return _group(keypoints, rectangles)
+    positive = [rect for rect in rectangles if rect.positive]
+    if not keypoints and not positive:
+        raise InvalidRequest("negative rectangles only cut area out of objects: add a positive keypoint or "
+                             "rectangle for the object")
+    negative: dict[str, list[Box]] = {}
+    for rect in rectangles:
+        if not rect.positive:
+            negative.setdefault(rect.to_name, []).append(rect.box)
+    return [replace(prompt, negative_boxes=tuple(negative.get(prompt.to_name, ())))
+            for prompt in _group(keypoints, positive)]
 
 
 def _group(keypoints: Sequence[_Keypoint], rectangles: Sequence[_Rectangle]) -> list[Prompt]:
@@ -133,7 +162,7 @@ def _prompt(points: Sequence[_Keypoint], rect: _Rectangle | None) -> Prompt:
     )
 
 
-def _parse_region(region: Any, where: str) -> _Keypoint | _Rectangle | None:
+def _parse_region(region: Any, where: str, negative_labels: frozenset[str]) -> _Keypoint | _Rectangle | None:
     """One region, checked field by field; regions of other types are ignored (not SAM prompts)."""
     if not isinstance(region, dict):
         raise InvalidRequest(f"{where} must be an object")
@@ -149,8 +178,8 @@ def _parse_region(region: Any, where: str) -> _Keypoint | _Rectangle | None:
     to_name = region.get("to_name")
     if not isinstance(to_name, str) or not to_name:
         raise InvalidRequest(f"{where}.to_name must name the Image the region is on")
-    positive = _is_positive(region, value, where)
     label = _label(value, kind, where)
+    positive = _is_positive(region, value, where) and label not in negative_labels
     x = _number(value.get("x"), f"{where}.value.x", 0, 100)
     y = _number(value.get("y"), f"{where}.value.y", 0, 100)
     if kind == "keypointlabels":
@@ -160,17 +189,30 @@ def _parse_region(region: Any, where: str) -> _Keypoint | _Rectangle | None:
     if width <= 0 or height <= 0:
         raise InvalidRequest(f"{where}: rectangle has zero width or height")
     angle = _number(value.get("rotation", 0) or 0, f"{where}.value.rotation", -360, 360)
-    return _Rectangle(_bounding_box(x, y, width, height, angle), positive, label, to_name)
+    if angle % 360 == 0:
+        return _Rectangle((x, y, min(x + width, 100.0), min(y + height, 100.0)), positive, label, to_name)
+    aspect = _aspect_ratio(region, where)
+    return _Rectangle(_bounding_box(x, y, width, height, angle, aspect), positive, label, to_name)
 
 
-def _bounding_box(x: float, y: float, width: float, height: float, degrees: float) -> Box:
-    """Axis-aligned box around a rectangle rotated about its top-left corner, clipped to the image."""
-    if degrees % 360 == 0:
-        return (x, y, min(x + width, 100.0), min(y + height, 100.0))
+def _aspect_ratio(region: dict, where: str) -> float:
+    """Image width / height from the region's original size: a rotation turns pixels, not percent units."""
+    width = _number(region.get("original_width"), f"{where}.original_width (needed for a rotated rectangle)",
+                    1, 1e6)
+    height = _number(region.get("original_height"), f"{where}.original_height (needed for a rotated rectangle)",
+                     1, 1e6)
+    return width / height
+
+
+def _bounding_box(x: float, y: float, width: float, height: float, degrees: float, aspect: float) -> Box:
+    """Axis-aligned box (percent) around a rectangle rotated about its top-left corner, clipped to the image.
+
+    The rotation is done in units of image height percent (x scaled by `aspect`) so that it turns pixels.
+    """
     angle = math.radians(degrees)
     cos, sin = math.cos(angle), math.sin(angle)
-    corners = [(0.0, 0.0), (width, 0.0), (width, height), (0.0, height)]
-    xs = [x + dx * cos - dy * sin for dx, dy in corners]
+    corners = [(0.0, 0.0), (width * aspect, 0.0), (width * aspect, height), (0.0, height)]
+    xs = [x + (dx * cos - dy * sin) / aspect for dx, dy in corners]
     ys = [y + dx * sin + dy * cos for dx, dy in corners]
     clip = lambda v: min(max(v, 0.0), 100.0)  # noqa: E731
     return (clip(min(xs)), clip(min(ys)), clip(max(xs)), clip(max(ys)))
@@ -199,7 +241,10 @@ def _number(raw: Any, where: str, low: float, high: float) -> float:
     """A finite number within [low, high]; anything else is the client's error."""
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise InvalidRequest(f"{where} must be a number")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer of hundreds of digits, which JSON allows: out of range like infinity
+        value = math.inf
     if not math.isfinite(value) or not low <= value <= high:
         raise InvalidRequest(f"{where} must be between {low:g} and {high:g}, not {raw!r}")
     return value

@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 SAM_CHOICES = ("MobileSAM", "SAM", "ONNX")
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
+RESULT_TYPES = ("auto", "brush", "polygon", "both")
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,35 @@ class Settings:
     # background, so the first click does not wait for the encoder; 0 turns it off.
     warm_max_tasks: int = 8
 
+    # Answers. Which control results go to: auto (every BrushLabels / PolygonLabels on the image), brush,
+    # polygon, or both (the config must then have the controls asked for).
+    result_type: str = "auto"
+    # Masks whose predicted IoU is below this are not returned; 0 (off) returns every mask.
+    score_threshold: float = 0.0
+    # Islands and holes smaller than this many pixels are removed from masks; 0 leaves masks as SAM made them.
+    min_area: int = 0
+    # Polygons: Douglas-Peucker tolerance in pixels, most vertices per polygon, and the smallest part (and
+    # hole) in pixels that becomes a polygon of its own (smaller holes are filled).
+    polygon_tolerance: float = 1.0
+    polygon_max_vertices: int = 200
+    polygon_min_area: int = 64
+    # Label names (comma-separated) whose keypoints and rectangles count as negative, like is_positive: false.
+    negative_labels: str = ""
+    # Several objects of one request in one batched decoder call: on, off, or auto (on for CUDA devices).
+    # Batched matrix products round differently, so a batched mask can differ from the one-object answer in
+    # a few pixels per million; off keeps every mask exactly SamPredictor's.
+    decoder_batch: str = "auto"
+
     # Image download limits.
     image_connect_timeout: float = 5.0
     image_read_timeout: float = 30.0
     image_max_mb: int = 64
     image_max_megapixels: int = 150
+    # Longest a whole download may take, redirects included: a server trickling bytes cannot hold a thread.
+    image_total_timeout: float = 60.0
+    # Hosts ('name' or 'name:port', comma-separated) whose images may sit on loopback, private or link-local
+    # addresses; Label Studio's own host always may. Every other host must resolve to public addresses only.
+    allowed_image_hosts: str = ""
 
     # HTTP server.
     host: str = "0.0.0.0"
@@ -132,10 +157,29 @@ class Settings:
             raise ConfigError(f"EMBEDDING_PRECISION must be float32 or float16, not {self.embedding_precision!r}")
         if self.warm_max_tasks < 0:
             raise ConfigError("WARM_MAX_TASKS must be 0 or more")
+        self._validate_answers()
         for name in ("embedding_cache_mb", "redis_ttl_hours", "image_max_mb", "image_max_megapixels", "request_max_mb",
-                     "workers", "threads"):
+                     "workers", "threads", "image_total_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
+
+    def _validate_answers(self) -> None:
+        if self.result_type not in RESULT_TYPES:
+            raise ConfigError(f"RESULT_TYPE must be one of {', '.join(RESULT_TYPES)}, not {self.result_type!r}")
+        if self.decoder_batch not in ("auto", "on", "off"):
+            raise ConfigError(f"DECODER_BATCH must be auto, on or off, not {self.decoder_batch!r}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError("SCORE_THRESHOLD must be between 0 and 1")
+        if self.polygon_max_vertices < 4:
+            raise ConfigError("POLYGON_MAX_VERTICES must be 4 or more")
+        for name in ("min_area", "polygon_min_area", "polygon_tolerance"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be 0 or more")
+
+    @property
+    def negative_label_names(self) -> frozenset[str]:
+        """NEGATIVE_LABELS as a set of label names."""
+        return frozenset(name.strip() for name in self.negative_labels.split(",") if name.strip())
 
 
 # Older names users know from the Label Studio SAM tutorial and SDK, mapped to ours.
@@ -162,7 +206,7 @@ def _convert(name: str, raw: str, kind: object) -> object:
         raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
     if name == "SAM_CHOICE":
         return {c.lower(): c for c in SAM_CHOICES}.get(raw.strip().lower(), raw)
-    if name in ("SAM_MODEL_TYPE", "DEVICE", "EMBEDDING_PRECISION"):
+    if name in ("SAM_MODEL_TYPE", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":
         return raw.strip().rstrip("/")

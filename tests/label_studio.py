@@ -236,6 +236,14 @@ class LabelStudio:
         """Save an annotation with `result` regions on a task; return the created annotation."""
         return self._call("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})
 
+    def export(self, project_id: int, export_type: str) -> bytes:
+        """The project exported as `export_type` (JSON, COCO, YOLO, ...) by LS's export API: a zip or a JSON file."""
+        response = self._session.get(f"{self.url}/api/projects/{project_id}/export",
+                                     params={"exportType": export_type}, timeout=INTERACTIVE_TIMEOUT_S)
+        if not response.ok:
+            raise HarnessError(f"export {export_type} -> {response.status_code}: {response.text[:4000]}")
+        return response.content
+
     def current_user(self) -> dict[str, Any]:
         """Return the user the API token belongs to."""
         return self._call("GET", "/api/current-user/whoami")

@@ -26,8 +26,10 @@ def keypoint(x: float, y: float, positive: bool | None = True, label: str = "For
     return region
 
 
-def rectangle(x: float, y: float, w: float, h: float, label: str = "Foreground", rotation: float = 0) -> dict:
-    return {"type": "rectanglelabels", "to_name": "image", "from_name": "tag3", "is_positive": True,
+def rectangle(x: float, y: float, w: float, h: float, label: str = "Foreground", rotation: float = 0,
+              positive: bool = True, size: tuple[int, int] = (320, 240)) -> dict:
+    return {"type": "rectanglelabels", "to_name": "image", "from_name": "tag3", "is_positive": positive,
+            "original_width": size[0], "original_height": size[1],
             "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]}}
 
 
@@ -92,9 +94,67 @@ def test_free_negative_clicks_refine_every_rectangle():
     assert second.points == ((90, 90),)
 
 
-def test_rotated_rectangle_becomes_its_bounding_box():
-    (prompt,) = prompts_from_regions([rectangle(50, 10, 20, 10, rotation=90)])
-    np.testing.assert_allclose(prompt.box, (40, 10, 50, 30), atol=1e-9)
+def test_rotated_rectangle_becomes_its_bounding_box_in_pixels_of_a_non_square_image():
+    """On 320×240, (50 %, 10 %) is pixel (160, 24) and 20 % × 10 % is 64 × 24 px; turned 90° clockwise about
+    that corner it spans x 136..160, y 24..88 px: percent units are not turned, pixels are."""
+    (prompt,) = prompts_from_regions([rectangle(50, 10, 20, 10, rotation=90, size=(320, 240))])
+    np.testing.assert_allclose(prompt.box, (42.5, 10, 50, 88 / 2.4), atol=1e-9)
+    _, _, box = prompt.in_pixels(320, 240)
+    np.testing.assert_allclose(box, (136, 24, 160, 88), atol=1e-9)
+    (square,) = prompts_from_regions([rectangle(50, 10, 20, 10, rotation=90, size=(300, 300))])
+    np.testing.assert_allclose(square.box, (40, 10, 50, 30), atol=1e-9)
+
+
+def test_keypoint_in_a_rotated_rectangle_is_grouped_by_where_it_lands_in_pixels():
+    """Inside the true (pixel) bounding box at x = 45 %, outside the percent-rotated one (x ≥ 40 % either way,
+    but y = 35 % is past the percent box's 30 %)."""
+    rect = rectangle(50, 10, 20, 10, rotation=90, size=(320, 240))
+    (prompt,) = prompts_from_regions([rect, keypoint(45, 35, False)])
+    assert prompt.points == ((45, 35),)
+
+
+def test_keypoint_lands_on_the_pixel_of_its_percent_on_a_non_square_image():
+    (prompt,) = prompts_from_regions([keypoint(25, 75)])
+    coords, _, _ = prompt.in_pixels(width=400, height=200)
+    np.testing.assert_allclose(coords, [[100.0, 150.0]])
+    coords, _, _ = prompt.in_pixels(width=201, height=333)
+    np.testing.assert_allclose(coords, [[50.25, 249.75]])
+
+
+def test_rotated_rectangle_without_the_image_size_is_refused():
+    region = rectangle(10, 10, 20, 20, rotation=30)
+    del region["original_width"]
+    with pytest.raises(InvalidRequest, match="original_width"):
+        prompts_from_regions([region])
+
+
+def test_negative_rectangles_are_cut_out_of_every_object_on_their_image():
+    regions = [rectangle(0, 0, 50, 50, "Cat"), rectangle(20, 20, 10, 10, positive=False), keypoint(80, 80),
+               keypoint(25, 25)]
+    cat, clicked = prompts_from_regions(regions)
+    assert cat.box == (0, 0, 50, 50) and cat.negative_boxes == ((20, 20, 30, 30),)
+    assert cat.points == ((25, 25),), "a keypoint inside a negative rectangle belongs to the positive one around it"
+    assert clicked.negative_boxes == ((20, 20, 30, 30),)
+
+
+def test_a_label_listed_as_negative_makes_a_negative_rectangle_and_click():
+    regions = [rectangle(0, 0, 50, 50), rectangle(10, 10, 10, 10, "Background"),
+               keypoint(40, 40, label="Background")]
+    (prompt,) = prompts_from_regions(regions, negative_labels=frozenset({"Background"}))
+    assert prompt.negative_boxes == ((10, 10, 20, 20),)
+    assert prompt.point_labels == (0,)
+
+
+def test_cutting_a_negative_box_clears_the_pixels_whose_centres_it_covers():
+    prompt = Prompt(label=None, to_name="image", points=((1, 1),), point_labels=(1,),
+                    negative_boxes=((10, 20, 35, 50),))
+    mask = np.ones((10, 20), dtype=bool)
+    cut = prompt.cut_negative_boxes(mask)
+    # x 10..35 % of 20 px = 2..7 px: centres 2.5..6.5 are columns 2..6; y 20..50 % of 10 px = 2..5: rows 2..4.
+    expected = np.ones_like(mask)
+    expected[2:5, 2:7] = False
+    np.testing.assert_array_equal(cut, expected)
+    assert mask.all(), "the answer's own mask is left as it was"
 
 
 def test_other_region_types_are_ignored():
@@ -114,7 +174,7 @@ def test_other_region_types_are_ignored():
     ([keypoint(5, 5, image_rotation=90)], "rotated images"),
     ([{"type": "keypointlabels", "value": {"x": 1, "y": 1}}], "to_name"),
     ([{"type": "rectanglelabels", "to_name": "image", "value": []}], "value must be an object"),
-    ([{**rectangle(1, 1, 5, 5), "is_positive": False}], "negative rectangles"),
+    ([rectangle(1, 1, 5, 5, positive=False)], "negative rectangles only cut area out of objects"),
     ([7], "must be an object"),
 ])
 def test_malformed_regions_are_refused_with_a_message_naming_the_problem(regions, message):

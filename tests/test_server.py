@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import pytest
@@ -110,10 +111,11 @@ def test_two_tasks_showing_the_same_file_share_one_embedding(make_client, image_
 
 def test_metrics_count_requests_and_cache(make_client, served_image):
     client, _ = make_client()
+    before = model_timings(client)
     client.post("/predict", json=predict_body(served_image, [keypoint(10, 10)]))
     text = client.get("/metrics").get_data(as_text=True)
     assert 'sam_requests_total{kind="points",route="/predict",status="200"} 1.0' in text
-    assert "sam_encoder_seconds_count" in text and "sam_decoder_seconds_count" in text
+    assert model_timings(client) == (before[0] + 1, before[1] + 1), "one encoder run, one object decoded"
     client.post("/predict", json={"tasks": []})
     client.get("/nowhere")
     text = client.get("/metrics").get_data(as_text=True)
@@ -121,6 +123,13 @@ def test_metrics_count_requests_and_cache(make_client, served_image):
     assert 'sam_errors_total{kind="NotFound"} 1.0' in text
     assert "sam_embedding_cache_misses_total 1.0" in text
     assert 'sam_embedding_lookups_total{source="encoder"} 1.0' in text
+
+
+def model_timings(client) -> tuple[float, float]:
+    """How many encoder runs and decoded objects the process-wide histograms have counted."""
+    text = client.get("/metrics").get_data(as_text=True)
+    counts = dict(re.findall(r"^(sam_(?:en|de)coder_seconds)_count (\S+)$", text, re.MULTILINE))
+    return float(counts["sam_encoder_seconds"]), float(counts["sam_decoder_seconds"])
 
 
 @pytest.mark.parametrize("send, status, message", [
