@@ -5,6 +5,7 @@
 #   docker build -t sam-ls-backend .                                     CPU torch, weights fetched at start-up
 #   docker build --build-arg TORCH_VARIANT=cuda -t sam-ls-backend:cuda . CUDA torch (run with --gpus all)
 #   docker build --build-arg BAKE_MODELS=mobile_sam -t sam-ls-backend .  weights inside the image
+#   docker build --build-arg ONNX=mobile_sam -t sam-ls-backend:onnx .   ONNX Runtime only, no torch inside
 #
 #   docker run -p 9090:9090 -v "$PWD/models:/app/models" sam-ls-backend
 #
@@ -63,8 +64,43 @@ RUN mkdir -p /models \
     && if [ -n "$BAKE_MODELS" ]; then MODEL_DIR=/models bash /opt/fetch/download_models.sh $BAKE_MODELS; fi
 
 # ---------------------------------------------------------------------------------------------------
+# onnx: with ONNX=<one model of download_models.sh> (mobile_sam, vit_b, vit_l, vit_h), that checkpoint
+# exported at build time, image encoder included, by onnx_converter.py, which checks the graphs against
+# torch: a failed export or check fails the build. Without ONNX, an empty folder.
+FROM builder AS onnx
+ARG ONNX=""
+COPY download_models.sh download_models.sha256 /opt/fetch/
+COPY *.py /opt/export/
+RUN set -eu; \
+    mkdir -p /onnx; \
+    if [ -n "$ONNX" ]; then \
+        case "$ONNX" in \
+            mobile_sam | vit_b | vit_l | vit_h) ;; \
+            *) echo "ONNX must name one model: mobile_sam, vit_b, vit_l or vit_h, not '$ONNX'" >&2; exit 1 ;; \
+        esac; \
+        MODEL_DIR=/tmp/checkpoint bash /opt/fetch/download_models.sh "$ONNX"; \
+        mv /tmp/checkpoint/*.pt* /tmp/sam.pt; \
+        python /opt/export/onnx_converter.py --checkpoint /tmp/sam.pt --encoder --output-dir /onnx; \
+        rm -rf /tmp/checkpoint /tmp/sam.pt; \
+    fi
+
+# ---------------------------------------------------------------------------------------------------
+# serving-venv: the builder's environment, or with ONNX one from requirements-onnx.txt alone (no torch).
+FROM base AS serving-venv
+ARG ONNX=""
+COPY --from=builder /opt/venv /opt/venv
+COPY requirements-onnx.txt /tmp/requirements-onnx.txt
+RUN set -eu; \
+    if [ -n "$ONNX" ]; then \
+        rm -rf /opt/venv; \
+        python -m venv /opt/venv; \
+        /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-onnx.txt; \
+    fi
+
+# ---------------------------------------------------------------------------------------------------
 # runtime: the server, as a user without privileges.
 FROM base AS runtime
+ARG ONNX=""
 # The uid that owns /app/models: match it to the host user when /app/models is a bind mount.
 ARG APP_UID=1000
 RUN useradd --create-home --uid "$APP_UID" --user-group --shell /usr/sbin/nologin app \
@@ -77,8 +113,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 # glibc malloc tuned not to hand the encoder's large buffers back to the kernel after every image:
 # measured 1.7x faster image encoding with these two thresholds.
 WORKDIR /app
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=serving-venv /opt/venv /opt/venv
 COPY --from=weights --chown=app:app /models/ /app/models/
+# An ONNX image serves its exported graphs (empty settings, ignored, in the torch image).
+COPY --from=onnx /onnx/ /app/onnx/
+ENV SAM_CHOICE=${ONNX:+ONNX} \
+    ONNX_DECODER=${ONNX:+/app/onnx/sam.decoder.onnx} \
+    ONNX_ENCODER=${ONNX:+/app/onnx/sam.encoder.onnx}
 # The code stays owned by root, so the server cannot rewrite itself; only /app/models is writable.
 COPY . /app
 # Numeric, so that runtimes which enforce "not root" (Kubernetes runAsNonRoot) can verify it.

@@ -28,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level)
         if args.check:
             build_app(settings)
-            print(f"ok: {settings.sam_choice} loads from {settings.checkpoint_path}")
+            print(f"ok: {settings.sam_choice} loads from {', '.join(map(str, settings.model_files))}")
             return 0
-        if not settings.checkpoint_path.is_file():
+        if settings.sam_choice == "ONNX":
+            from onnx_sam import onnx_paths
+
+            onnx_paths(settings)  # raises the ConfigError that explains a missing file (without onnxruntime)
+        elif not settings.checkpoint_path.is_file():
             build_app(settings)  # raises the ConfigError that explains the missing checkpoint
         if args.debug:
             build_app(settings).run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
@@ -47,12 +51,16 @@ def build_app(settings: Settings):
     from model import SamBackend
     from server import create_app
 
+    return create_app(settings, SamBackend(settings, load_model(settings)))
+
+
+def load_model(settings: Settings):
+    """The predictor SAM_CHOICE names, loaded from its files (the ONNX path never imports torch)."""
     if settings.sam_choice == "ONNX":
         from onnx_sam import load_onnx_predictor as load_predictor
     else:
         from advanced_sam import load_predictor
-    predictor = load_predictor(settings)
-    return create_app(settings, SamBackend(settings, predictor))
+    return load_predictor(settings)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

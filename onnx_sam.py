@@ -1,16 +1,246 @@
-"""SAM served by ONNX Runtime (`SAM_CHOICE=ONNX`): not part of this release yet.
+"""SAM served by ONNX Runtime (`SAM_CHOICE=ONNX`): any image size, every prompt, and optionally no torch at all.
 
-The ONNX path (decoder with the image size as an input, optional ONNX image encoder, torch-free serving)
-is planned; until it lands, choosing it stops the server at start-up with a message instead of serving a
-model that cannot answer.
+The prompt graph (`ONNX_DECODER`, written by `onnx_converter.py`) takes the image sizes at run time, so one
+file serves every image. The image encoder runs as an ONNX graph too when `ONNX_ENCODER` is set (then this
+process never imports torch), else in torch from the SAM / MobileSAM checkpoint the graphs came from.
+Preprocessing is SamPredictor's, redone with PIL and NumPy: the same resize, normalisation and padding.
+
+onnxruntime is imported only when a graph is opened: a gunicorn master that has imported it before
+forking makes its workers abort (SIGABRT) when they exit.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
 from errors import ConfigError
+from predictor import Embedding, MaskResult
+from prompts import Prompt
 from settings import Settings
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
-def load_onnx_predictor(settings: Settings):
-    """Refuse clearly: there is no ONNX predictor in this release."""
-    raise ConfigError("SAM_CHOICE=ONNX is not available in this release yet; use SAM_CHOICE=MobileSAM or SAM")
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 1024  # SAM's square encoder input
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+LOW_RES_SHAPE = (1, 1, 256, 256)  # the decoder's logits, and the refinement's mask_input
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # SAM's normalisation (RGB)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+# The graphs' interface, shared with onnx_export.py (see `PromptGraph` there for shapes and frames).
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "multimask",
+                  "input_size", "original_size")
+DECODER_OUTPUTS = ("mask", "score", "low_res_logits")
+ENCODER_INPUTS = ("pixels",)
+ENCODER_OUTPUTS = ("image_embeddings",)
+PADDING_POINT, BOX_CORNERS = -1, (2, 3)  # point labels beside SAM's 1 (positive) and 0 (negative)
+
+# Metadata written into every exported graph: what it is, and which checkpoint's weights it holds.
+GRAPH_KEY, MODEL_TYPE_KEY, WEIGHTS_KEY = "sam_graph", "sam_model_type", "sam_weights"
+DECODER_GRAPH, ENCODER_GRAPH = "prompt-decoder", "image-encoder"
+
+ImageEncoder = Callable[[np.ndarray], Embedding]
+
+
+def load_onnx_predictor(settings: Settings) -> OnnxSamPredictor:
+    """The ONNX predictor the settings name; ConfigError names any missing, unreadable or mismatched file."""
+    started = time.perf_counter()
+    decoder_path, encoder_path = onnx_paths(settings)
+    decoder = open_graph(decoder_path, "ONNX_DECODER", DECODER_GRAPH, settings.device)
+    metadata = graph_metadata(decoder)
+    model_type, weights = metadata.get(MODEL_TYPE_KEY, ""), metadata.get(WEIGHTS_KEY, "")
+    if encoder_path is not None:
+        session = open_graph(encoder_path, "ONNX_ENCODER", ENCODER_GRAPH, settings.device)
+        if graph_metadata(session).get(WEIGHTS_KEY) != weights:
+            raise ConfigError(f"ONNX_ENCODER={encoder_path} and ONNX_DECODER={decoder_path} were exported "
+                              "from different checkpoints: export both from one with onnx_converter.py --encoder")
+        encoder: ImageEncoder = OnnxImageEncoder(session)
+    else:
+        encoder = torch_image_encoder(settings, decoder_path, model_type, weights)
+    log.info("loaded ONNX %s: decoder %s, encoder %s, on %s in %.1f s", model_type, decoder_path,
+             encoder_path or "in torch", decoder.get_providers()[0], time.perf_counter() - started)
+    return OnnxSamPredictor(decoder, encoder, model_type)
+
+
+def onnx_paths(settings: Settings) -> tuple[Path, Path | None]:
+    """The decoder and (if set) encoder files, resolved against MODEL_DIR; ConfigError names a missing one.
+
+    Cheap and free of onnxruntime, so the server's start-up check can run it before gunicorn forks.
+    """
+    decoder = _model_file(settings, settings.onnx_decoder, "ONNX_DECODER")
+    encoder = _model_file(settings, settings.onnx_encoder, "ONNX_ENCODER") if settings.onnx_encoder else None
+    return decoder, encoder
+
+
+class OnnxSamPredictor:
+    """Thread-safe SAM on ONNX Runtime: `embed` an image (ONNX or torch encoder), `predict` prompts on it."""
+
+    def __init__(self, decoder: ort.InferenceSession, encoder: ImageEncoder, model_type: str) -> None:
+        self.model_type = model_type
+        self._decoder = decoder
+        self._encoder = encoder
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run the image encoder on an H×W×3 uint8 RGB image; the features come back as a NumPy array."""
+        return self._encoder(image)
+
+    def predict(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
+        """One object's mask in the original frame; a lone click gets the best of SAM's three candidates.
+
+        `mask_input` (256×256 logits, e.g. a previous answer's `low_res_logits`) is SamPredictor's `mask_input`.
+        """
+        feed = decoder_feed(embedding, prompt, mask_input)
+        mask, score, low_res = self._decoder.run(list(DECODER_OUTPUTS), feed)
+        return MaskResult(mask=mask[0, 0], score=float(score[0, 0]), low_res_logits=low_res[0, 0])
+
+    def predict_batch(self, embedding: Embedding, prompts: Sequence[Prompt],
+                      mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+        """One mask per prompt, each refined with its `mask_input` when given (decoded one at a time)."""
+        return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
+
+
+def decoder_feed(embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The prompt graph's inputs: the prompt's points and box corners in the 1024-input frame, as SAM orders them.
+
+    Points come first; a box adds its two corners, and a prompt without a box gets SAM's padding point.
+    """
+    height, width = embedding.original_size
+    input_height, input_width = embedding.input_size
+    coords, labels, box = prompt.in_pixels(width, height)
+    scale = np.array([input_width / width, input_height / height])
+    points: list[np.ndarray] = []
+    kinds: list[int] = []
+    if coords is not None:
+        points.append(coords * scale)
+        kinds.extend(int(label) for label in labels)
+    if box is not None:
+        points.append(box.reshape(2, 2) * scale)
+        kinds.extend(BOX_CORNERS)
+    else:
+        points.append(np.zeros((1, 2)))
+        kinds.append(PADDING_POINT)
+    return {
+        "image_embeddings": np.asarray(embedding.features, dtype=np.float32).reshape(EMBEDDING_SHAPE),
+        "point_coords": np.concatenate(points).astype(np.float32)[None],
+        "point_labels": np.array(kinds, dtype=np.float32)[None],
+        "mask_input": (np.zeros(LOW_RES_SHAPE, dtype=np.float32) if mask_input is None
+                       else np.asarray(mask_input, dtype=np.float32).reshape(LOW_RES_SHAPE)),
+        "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
+        "multimask": np.array([prompt.is_single_click]),
+        "input_size": np.array(embedding.input_size, dtype=np.int64),
+        "original_size": np.array(embedding.original_size, dtype=np.int64),
+    }
+
+
+class OnnxImageEncoder:
+    """SAM's image encoder as an ONNX graph; one image at a time, as it already uses every core."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+
+    def __call__(self, image: np.ndarray) -> Embedding:
+        pixels, input_size = preprocess(image)
+        with self._lock:
+            (features,) = self._session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: pixels})
+        return Embedding(features=features, input_size=input_size,
+                         original_size=(int(image.shape[0]), int(image.shape[1])))
+
+
+def preprocess(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """SamPredictor's input: long side resized to 1024 (PIL bilinear), normalised, zero-padded to 1×3×1024×1024.
+
+    Returns the pixels and the resized (h, w). torchvision's resize of a PIL image is PIL's own `resize`.
+    """
+    height, width = resized_shape(int(image.shape[0]), int(image.shape[1]))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
+    pixels = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    pixels[0, :, :height, :width] = ((resized - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)
+    return pixels, (height, width)
+
+
+def resized_shape(height: int, width: int) -> tuple[int, int]:
+    """(h, w) with the long side scaled to 1024, rounded as SAM's `ResizeLongestSide` rounds."""
+    scale = IMAGE_SIZE * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weights: str) -> ImageEncoder:
+    """The torch encoder of the checkpoint the decoder was exported from (imports torch: no ONNX_ENCODER)."""
+    choice, variable = ("MobileSAM", "MOBILESAM_CHECKPOINT") if model_type == "vit_t" else ("SAM", "SAM_CHECKPOINT")
+    settings = settings.with_overrides(sam_choice=choice)
+    if not settings.checkpoint_path.is_file():
+        raise ConfigError(f"SAM_CHOICE=ONNX without ONNX_ENCODER runs the {model_type} image encoder in torch from "
+                          f"{variable}={settings.checkpoint_path}, which does not exist: set ONNX_ENCODER to an "
+                          f"encoder exported with onnx_converter.py --encoder, or {variable} to the checkpoint")
+    from advanced_sam import load_predictor
+    from onnx_export import weights_fingerprint
+
+    torch_predictor = load_predictor(settings)
+    if weights_fingerprint(torch_predictor.model) != weights:
+        raise ConfigError(f"ONNX_DECODER={decoder} was not exported from {settings.checkpoint_path}: export it "
+                          f"from that checkpoint with onnx_converter.py, or set {variable} to its source")
+
+    def encode(image: np.ndarray) -> Embedding:
+        embedding = torch_predictor.embed(image)
+        return Embedding(features=embedding.features.float().cpu().numpy(), input_size=embedding.input_size,
+                         original_size=embedding.original_size)
+
+    return encode
+
+
+def open_graph(path: Path, variable: str, graph: str, device: str) -> ort.InferenceSession:
+    """An ONNX Runtime session on `path`, refused unless onnx_converter.py wrote it as this kind of graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Idle threads sleep instead of spinning: the server's other threads (and torch, when it runs the
+    # encoder) need the cores between two runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=execution_providers(device))
+    except Exception as error:  # onnxruntime raises several kinds for a missing, foreign or corrupt file
+        raise ConfigError(f"{variable}={path} is not a readable ONNX model: {error}") from None
+    found = graph_metadata(session).get(GRAPH_KEY)
+    if found != graph:
+        what = f"a SAM {found}" if found else "a graph without onnx_converter.py's metadata"
+        flag = " --encoder" if graph == ENCODER_GRAPH else ""
+        raise ConfigError(f"{variable}={path} holds {what}, not a SAM {graph}: export one with "
+                          f"python onnx_converter.py --checkpoint <checkpoint>{flag}")
+    return session
+
+
+def graph_metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def execution_providers(device: str) -> list:
+    """CUDA when DEVICE asks for it (or `auto` and onnxruntime-gpu is installed), else the CPU."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device.startswith("cuda") and not has_cuda:
+        raise ConfigError(f"DEVICE={device} but this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    if device.startswith("cuda") or (device == "auto" and has_cuda):
+        return [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _model_file(settings: Settings, name: str, variable: str) -> Path:
+    """A setting's file, resolved against MODEL_DIR like the checkpoints; ConfigError when it is missing."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else settings.model_dir / path
+    if not path.is_file():
+        raise ConfigError(f"{variable} not found: {path}. Export it with python onnx_converter.py --checkpoint "
+                          f"<SAM or MobileSAM checkpoint>{' --encoder' if variable == 'ONNX_ENCODER' else ''}, "
+                          f"or set {variable} to the file's path")
+    return path

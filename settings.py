@@ -130,14 +130,22 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint file the chosen model loads, resolved against `model_dir`."""
-        name = self.mobilesam_checkpoint if self.sam_choice == "MobileSAM" else self.sam_checkpoint
+        return self.model_path(self.mobilesam_checkpoint if self.sam_choice == "MobileSAM" else self.sam_checkpoint)
+
+    def model_path(self, name: str) -> Path:
+        """A model file's path: absolute as given, or relative to `model_dir`."""
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.model_dir / path
 
     @property
     def model_files(self) -> list[Path]:
         """The files whose contents define the model's answers (they fingerprint the shared cache)."""
-        return [path for path in (self.checkpoint_path,) if path.is_file()]
+        if self.sam_choice == "ONNX":
+            encoder = self.model_path(self.onnx_encoder) if self.onnx_encoder else self.checkpoint_path
+            files = [self.model_path(self.onnx_decoder), encoder]
+        else:
+            files = [self.checkpoint_path]
+        return [path for path in files if path.is_file()]
 
     @property
     def basic_auth_enabled(self) -> bool:

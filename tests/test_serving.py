@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +103,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
     ((), {"DEVICE": "tpu"}, "DEVICE must be auto, cpu, cuda or cuda:N"),
     ((), {"PORT": "ninety"}, "PORT must be a int"),
     ((), {"BASIC_AUTH_USER": "only-user"}, "set both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
-    (("--kwargs", "SAM_CHOICE=ONNX"), {}, "SAM_CHOICE=ONNX is not available in this release"),
+    (("--kwargs", "SAM_CHOICE=ONNX", "ONNX_DECODER=nowhere.onnx"), {}, "ONNX_DECODER not found"),
 ])
 def test_bad_configuration_stops_with_a_message(args, env, message):
     done = run_wsgi("--check", *args, env=env)
@@ -121,3 +124,36 @@ def run_wsgi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("SAM_CHOICE", "MOBILESAM_CHECKPOINT", "DEVICE")}
     return subprocess.run([sys.executable, str(ROOT / "_wsgi.py"), *args], env={**clean, **env},
                           capture_output=True, text=True, timeout=180)
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on(vit_t_checkpoint, image_host, tmp_path):
+    """gunicorn replaces a worker that dies (here: SIGKILL); the other worker and the service carry on."""
+    env = {"MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "LABEL_STUDIO_URL": image_host.url,
+           "LABEL_STUDIO_API_KEY": image_host.token, "WORKERS": "2", "WARM_MAX_TASKS": "0"}
+    backend = BackendProcess(env, log_path=tmp_path / "workers.log").wait_ready()
+    try:
+        before = wait_for_workers(backend.process.pid, 2)
+        victim, survivor = sorted(before)
+        os.kill(victim, signal.SIGKILL)
+        after = wait_for_workers(backend.process.pid, 2, without=victim)
+        assert survivor in after and victim not in after
+        path = image_host.add_image("/data/upload/1/after-kill.png", scene(120, 90, seed=71))
+        for _ in range(4):
+            response = requests.post(f"{backend.url}/predict", json=predict_body(path, [keypoint(50, 50)]),
+                                     timeout=120)
+            assert response.status_code == 200 and response.json()["results"][0]["result"]
+    finally:
+        assert backend.stop() == 0, backend.log_tail()
+
+
+def wait_for_workers(master: int, count: int, without: int | None = None, timeout: float = 120) -> set[int]:
+    """The master's worker pids, once there are `count` of them (none of them `without`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = set()
+        for task in Path(f"/proc/{master}/task").iterdir():
+            children |= {int(pid) for pid in (task / "children").read_text().split()}
+        if len(children) == count and without not in children:
+            return children
+        time.sleep(0.2)
+    raise TimeoutError(f"gunicorn did not reach {count} workers")
