@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ = 68719476736
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench bench-memory check redis-server clean-venv
+.PHONY: run test bench bench-memory load check redis-server clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -32,6 +32,10 @@ bench: $(VENV)/.tests
 
 bench-memory: $(VENV)/.tests
 	$(BIN)/python bench/bench_memory.py
+
+# 8 clients for 60 s against the real server on loopback (DURATION=S to change); see README, Hardening.
+load: $(VENV)/.tests
+	$(BIN)/python bench/load.py --duration $(or $(DURATION),60)
 
 check: $(VENV)/.runtime
 	$(BIN)/python _wsgi.py --check

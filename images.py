@@ -2,7 +2,8 @@
 
 Label Studio hands the backend URLs, not pixels: paths relative to itself, plain http(s), cloud URIs only it
 can sign, or data: URIs. `ImageSource.read` turns any of them into bytes, sending credentials to Label
-Studio's own host and nowhere else; `decode_image` turns the bytes into an upright H×W×3 uint8 array.
+Studio's own host and nowhere else, and reaching internal addresses only on Label Studio's host and the
+hosts in ALLOWED_IMAGE_HOSTS (see egress.py); `decode_image` turns the bytes into an upright H×W×3 uint8 array.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 from urllib3.exceptions import ReadTimeoutError
 
-from errors import ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
+from egress import AddressRefused, Download, GuardedAdapter
+from errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ HTTP_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Status 413 (Content Too Large) for an image beyond IMAGE_MAX_MB.
 TOO_LARGE = 413
+# Status 403 (Forbidden) for an image on an address the backend does not fetch from.
+FORBIDDEN = 403
+# URLs quoted in errors and logs are cut to this many characters.
+SHOWN_URL_CHARS = 200
 
 
 class ImageSource:
@@ -41,6 +47,9 @@ class ImageSource:
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
         self._settings = settings
         self._session = session or requests.Session()
+        for scheme in HTTP_SCHEMES:
+            self._session.mount(f"{scheme}://", GuardedAdapter())
+        self._allowed_hosts = allowed_hosts(settings.allowed_image_hosts)
         self._timeout = (settings.image_connect_timeout, settings.image_read_timeout)
         self._max_bytes = settings.image_max_mb * 1024 * 1024
         self._lock = threading.Lock()
@@ -74,6 +83,10 @@ class ImageSource:
         logger.debug("read task image %s: %d bytes", shown, len(data))
         return data
 
+    def authorization(self, url: str) -> str | None:
+        """The Authorization header a request to `url` may carry: Label Studio's credentials, on its host only."""
+        return self._authorization(url)
+
     def _resolve(self, url: str, task_id: int | None, shown: str) -> str:
         """The http(s) URL to start downloading from: LS-relative paths and cloud URIs go through Label Studio."""
         scheme = _scheme(url)
@@ -101,6 +114,20 @@ class ImageSource:
         return f"{ls_url}/tasks/{int(task_id)}/presign/?{urlencode({'fileuri': fileuri})}"
 
     def _download(self, url: str, shown: str) -> bytes:
+        """The whole exchange, redirects included, within IMAGE_TOTAL_TIMEOUT and the address rules."""
+        total = self._settings.image_total_timeout
+        with Download(self._may_reach_internal, total) as download:
+            try:
+                data = self._follow(url, shown)
+            except ImageFetchError:
+                if not download.expired:
+                    raise
+                data = b""
+            if download.expired:  # whatever came before the sockets were shut down is not the whole image
+                raise ImageTimeout(f"task image '{shown}' did not download within {total:g} s (IMAGE_TOTAL_TIMEOUT)")
+        return data
+
+    def _follow(self, url: str, shown: str) -> bytes:
         """Follow redirects by hand, so credentials are decided again for every host on the way."""
         for _ in range(MAX_REDIRECTS + 1):
             if _scheme(url) not in HTTP_SCHEMES:
@@ -134,6 +161,12 @@ class ImageSource:
             return self._session.get(url, headers=headers, timeout=self._timeout, stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             raise self._network_error(exc, url, shown) from None
+        except AddressRefused as refused:
+            where = "" if _redact(url) == shown else f", reached through '{_redact(url)}',"
+            raise ImageFetchError(
+                f"task image '{shown}'{where} is on {refused.host}, which resolves to {refused.address} "
+                f"({refused.kind} address): images are fetched from internal addresses only on Label Studio's host "
+                "and the hosts listed in ALLOWED_IMAGE_HOSTS", status=FORBIDDEN) from None
 
     def _body(self, response: requests.Response, url: str, shown: str) -> bytes:
         """The response's bytes, refusing an error status and stopping as soon as IMAGE_MAX_MB is passed."""
@@ -237,11 +270,33 @@ class ImageSource:
         with self._lock:
             return self._ls_url, self._api_key
 
+    def _may_reach_internal(self, host: str, port: int) -> bool:
+        """Whether `host:port` may resolve to internal addresses: Label Studio's host, or one the operator listed."""
+        ls_origin = _origin(self._label_studio()[0])
+        if ls_origin is not None and ls_origin[1:] == (host, port):
+            return True
+        return (host, None) in self._allowed_hosts or (host, port) in self._allowed_hosts
+
     def _is_label_studio(self, url: str) -> bool:
         """Whether `url` has Label Studio's scheme, host and port: the only place credentials may go."""
         ls_url = self._label_studio()[0]
         origin = _origin(url)
         return bool(ls_url) and origin is not None and origin == _origin(ls_url)
+
+
+def allowed_hosts(text: str) -> frozenset[tuple[str, int | None]]:
+    """ALLOWED_IMAGE_HOSTS ('host', 'host:port', '[v6]:port', comma-separated) as (host, port or None) pairs."""
+    hosts = set()
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            parts = urlsplit(f"//{entry}")
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        if not host or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(f"ALLOWED_IMAGE_HOSTS: {entry!r} is not a host name with an optional :port")
+        hosts.add((host.rstrip("."), port))
+    return frozenset(hosts)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -327,7 +382,7 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 
 def _redact(url: str) -> str:
-    """`url` without user info, query string or fragment: signed URLs carry their secrets there."""
+    """`url` without user info, query string or fragment (signed URLs carry secrets there), cut to a sane length."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -335,4 +390,5 @@ def _redact(url: str) -> str:
     shown = f"{parts.scheme}:" if parts.scheme else ""
     if parts.netloc:
         shown += "//" + parts.netloc.rpartition("@")[2]
-    return shown + parts.path
+    shown += parts.path
+    return shown if len(shown) <= SHOWN_URL_CHARS else shown[:SHOWN_URL_CHARS] + "…"

@@ -104,6 +104,7 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
         if response.status_code >= 400:
             metrics.errors.labels(kind=g.get("error_kind", "HTTPError")).inc()
         _log_request(route, response, elapsed)
+        _discard_unread_body(app.config["MAX_CONTENT_LENGTH"])
         return response
 
     return app
@@ -118,6 +119,16 @@ def _json_body() -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+
+
+def _discard_unread_body(limit: int) -> None:
+    """Read what is left of a body no route read (a refused login, an unknown route), if within `limit`.
+
+    Left unread, gunicorn takes it for the start of the next request on a worker thread, and that thread then
+    waits for the client to send more: one thread held for as long as the client keeps the connection open.
+    """
+    if 0 < (request.content_length or 0) <= limit:
+        request.get_data(cache=False)
 
 
 def _error(status: int, message: str) -> Response:

@@ -7,22 +7,30 @@ with what `segment_anything.SamPredictor` computes for the same prompt.
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import re
+import subprocess
+import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from backend_process import BackendProcess
+from backend_process import ROOT, BackendProcess
 from conftest import scene
 from label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from redis_server import RedisServer
 from ls_bodies import SAM_CONFIG, keypoint, rectangle
 from reference import decode_brush_region, reference_mask
 
@@ -169,6 +177,31 @@ def encoder_runs(backend_url: str) -> float:
     return float(found.group(1))
 
 
+def test_precompute_embeds_every_task_image_once_and_resumes(
+    project: E2EProject, vit_t_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`python -m precompute` fills the shared cache from Label Studio's task list; a second run encodes nothing."""
+    ls = project.label_studio
+    project_id = ls.create_project("sam-ls-backend precompute", SAM_CONFIG)
+    for seed in range(3):
+        path = tmp_path / f"pre-{seed}.png"
+        Image.fromarray(scene(160, 120, seed=60 + seed)).save(path)
+        ls.import_image(project_id, path)
+    redis = RedisServer()
+    env = {**os.environ, "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "LABEL_STUDIO_URL": ls.url,
+           "LABEL_STUDIO_API_KEY": ls.token, "REDIS_URL": redis.url}
+    try:
+        runs = [subprocess.run([sys.executable, "-m", "precompute", "--project", str(project_id)], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=600) for _ in range(2)]
+    finally:
+        redis.stop()
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.strip().splitlines()[-1] == "3 encoded, 0 already shared, 0 failed"
+    assert runs[1].stdout.strip().splitlines()[-1] == "0 encoded, 3 already shared, 0 failed"
+    assert "embedding" in runs[0].stderr, "a progress bar is shown"
+
+
 def smart_regions(interaction: str, image: np.ndarray) -> list[dict[str, Any]]:
     """The regions of one named interaction, sized for `image`, shaped as LS 1.23.2 sends them."""
     height, width = image.shape[:2]
@@ -221,3 +254,74 @@ def prompt_in_pixels(
         return None, None, box
     return np.array(points, dtype=np.float64), np.array(labels), box
 
+
+
+# No KeyPointLabels: with one, Label Studio's COCO and YOLO exporters switch to keypoint (pose) output and
+# leave polygons out of the YOLO labels (label_studio_sdk's converter, as shipped with 1.23.2).
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true"><Label value="Object"/></RectangleLabels>
+</View>"""
+
+
+def test_polygon_results_save_and_export_as_coco_and_yolo(
+    label_studio: LabelStudio, backend_url: str, vit_t_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A PolygonLabels project gets polygons of SamPredictor's mask; saved as an annotation they come out of LS's
+    COCO and YOLO exports with the bounds the backend gave them."""
+    width, height = 320, 240
+    path = tmp_path / "polygon.png"
+    image = scene(width, height, seed=4)
+    Image.fromarray(image).save(path)
+    ls = label_studio
+    project_id = ls.create_project("sam-ls-backend polygons", POLYGON_CONFIG)
+    task_id = ls.import_image(project_id, path)
+    ml_id = ls.connect_ml_backend(project_id, backend_url)
+    regions = [rectangle(x=12.5, y=20.0, w=40.0, h=55.0, width=width, height=height, label="Object")]
+    answer = ls.interactive_annotating(ml_id, task_id, regions)
+    assert "data" in answer, f"Label Studio reported a backend failure: {answer}"
+    polygons = answer["data"]["result"]
+    assert polygons and all(r["type"] == "polygonlabels" and r["from_name"] == "poly" for r in polygons)
+    ls.create_annotation(task_id, polygons)
+    expected = sorted(pixel_bounds(region["value"]["points"], width, height) for region in polygons)
+    mask, _ = reference_mask(vit_t_checkpoint, image, box=np.array([40.0, 48.0, 168.0, 180.0]))
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    left, top, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
+    np.testing.assert_allclose(pixel_bounds(polygons[0]["value"]["points"], width, height),
+                               [left + 0.5, top + 0.5, left + w - 0.5, top + h - 0.5], atol=0.01,
+                               err_msg="the first polygon outlines SamPredictor's largest part, through pixel centres")
+
+    coco = json.loads(exported_file(ls.export(project_id, "COCO"), "result.json"))
+    (entry,) = coco["images"]
+    assert (entry["width"], entry["height"]) == (width, height)
+    assert [category["name"] for category in coco["categories"]] == ["Object"]
+    found = coco["annotations"]
+    assert len(found) == len(polygons) and all(a["image_id"] == entry["id"] for a in found)
+    boxes = sorted((x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in found))
+    np.testing.assert_allclose(boxes, expected, atol=0.01)
+
+    yolo = zipfile.ZipFile(io.BytesIO(ls.export(project_id, "YOLO")))
+    (labels,) = [name for name in yolo.namelist() if name.startswith("labels/") and name.endswith(".txt")]
+    lines = [line.split() for line in yolo.read(labels).decode().splitlines() if line.strip()]
+    assert len(lines) == len(polygons) and {line[0] for line in lines} == {"0"}
+    bounds = []
+    for line in lines:
+        xs, ys = np.array(line[1::2], dtype=float) * width, np.array(line[2::2], dtype=float) * height
+        bounds.append((xs.min(), ys.min(), xs.max(), ys.max()))
+    np.testing.assert_allclose(sorted(bounds), expected, atol=0.01)
+
+
+def pixel_bounds(points: list[list[float]], width: int, height: int) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in pixels of a polygon given in percent."""
+    array = np.array(points) * np.array([width, height]) / 100
+    return (*array.min(axis=0), *array.max(axis=0))
+
+
+def exported_file(payload: bytes, name: str) -> bytes:
+    """A file of an export: the payload itself when LS sent it bare, else that member of the zip."""
+    if not zipfile.is_zipfile(io.BytesIO(payload)):
+        return payload
+    archive = zipfile.ZipFile(io.BytesIO(payload))
+    (member,) = [member for member in archive.namelist() if member.endswith(name)]
+    return archive.read(member)

@@ -7,12 +7,12 @@ import base64
 import io
 import json
 import socket
+import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -21,7 +21,9 @@ import requests
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from PIL import Image, ImageFile
 
-from errors import ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
+from egress import Download, GuardedAdapter
+from errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
+from fake_server import FakeServer, Route, Seen, Trickle, redirect, reply
 from images import MAX_REDIRECTS, ImageSource, decode_image
 from settings import Settings
 
@@ -39,85 +41,8 @@ def png_bytes(image: Image.Image) -> bytes:
 IMAGE = png_bytes(Image.new("RGB", (3, 2), (200, 10, 30)))
 
 
-@dataclass
-class Seen:
-    """One request a fake server received."""
-
-    method: str
-    target: str  # path and query
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def path(self) -> str:
-        return urlsplit(self.target).path
-
-
-Route = Callable[[BaseHTTPRequestHandler, Seen], None]
-
-
-class FakeServer:
-    """A threaded HTTP server on 127.0.0.1 answering from a table of routes (path → function); records requests."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.seen: list[Seen] = []
-        self.release = threading.Event()  # set at teardown to free handlers that stall on purpose
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self._answer()
-
-            def do_POST(self) -> None:
-                self._answer()
-
-            def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = Seen(self.command, self.path, dict(self.headers.items()), body)
-                server.seen.append(request)
-                route = server.routes.get(request.path)
-                if route is None:
-                    reply(self, 404, b"not found")
-                else:
-                    route(self, request)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def authorizations(self) -> list[str | None]:
-        return [request.headers.get("Authorization") for request in self.seen]
-
-
-def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"",
-          headers: dict[str, str] | None = None) -> None:
-    """Answer with `status`, `body` and extra `headers`; Content-Length always set (keep-alive)."""
-    handler.send_response(status)
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def serve(body: bytes = IMAGE, status: int = 200) -> Route:
     return lambda handler, request: reply(handler, status, body)
-
-
-def redirect(location: str, status: int = 302) -> Route:
-    return lambda handler, request: reply(handler, status, headers={"Location": location})
 
 
 @pytest.fixture
@@ -134,10 +59,12 @@ def other() -> Iterator[FakeServer]:
     server.close()
 
 
-def make_source(ls_url: str = "", api_key: str = "", **limits: object) -> ImageSource:
+def make_source(ls_url: str = "", api_key: str = "", allow: tuple[str, ...] = (), **limits: object) -> ImageSource:
+    """An ImageSource for Label Studio at `ls_url`; `allow`: the host:port of loopback servers playing third parties."""
     session = requests.Session()
     session.trust_env = False  # no proxy from the environment between us and loopback
-    settings = Settings(label_studio_url=ls_url, label_studio_api_key=api_key, **limits)
+    settings = Settings(label_studio_url=ls_url, label_studio_api_key=api_key,
+                        allowed_image_hosts=",".join(allow), **limits)
     return ImageSource(settings, session)
 
 
@@ -173,7 +100,7 @@ def test_absolute_url_on_the_label_studio_host_carries_the_token(ls: FakeServer)
 
 def test_third_party_url_never_receives_the_token(ls: FakeServer, other: FakeServer) -> None:
     other.routes["/x.png"] = serve()
-    assert make_source(ls.url, LEGACY_TOKEN).read(f"{other.url}/x.png") == IMAGE
+    assert make_source(ls.url, LEGACY_TOKEN, allow=(other.netloc,)).read(f"{other.url}/x.png") == IMAGE
     assert other.authorizations() == [None]
     assert ls.seen == []
 
@@ -183,7 +110,7 @@ def test_redirect_from_label_studio_to_another_host_drops_the_token(
         ls: FakeServer, other: FakeServer, status: int) -> None:
     ls.routes["/data/upload/1/x.png"] = redirect(f"{other.url}/bucket/x.png?{SECRET_QUERY}", status)
     other.routes["/bucket/x.png"] = serve()
-    assert make_source(ls.url, LEGACY_TOKEN).read("/data/upload/1/x.png") == IMAGE
+    assert make_source(ls.url, LEGACY_TOKEN, allow=(other.netloc,)).read("/data/upload/1/x.png") == IMAGE
     assert ls.authorizations() == [f"Token {LEGACY_TOKEN}"]
     assert other.authorizations() == [None]
     assert other.seen[0].target == f"/bucket/x.png?{SECRET_QUERY}"
@@ -204,7 +131,7 @@ def test_cloud_uri_is_presigned_by_label_studio_then_fetched_without_the_token(
     ls.routes["/tasks/7/presign/"] = redirect(f"{other.url}/signed/x.png?{SECRET_QUERY}", 303)
     other.routes["/signed/x.png"] = serve()
 
-    assert make_source(ls.url, LEGACY_TOKEN).read(uri, task_id=7) == IMAGE
+    assert make_source(ls.url, LEGACY_TOKEN, allow=(other.netloc,)).read(uri, task_id=7) == IMAGE
 
     fileuri = parse_qs(urlsplit(ls.seen[0].target).query)["fileuri"]
     assert fileuri == [base64.urlsafe_b64encode(uri.encode()).decode()]
@@ -348,7 +275,7 @@ def test_personal_access_token_is_not_sent_to_third_parties(ls: FakeServer, othe
     pat = personal_access_token()
     tokens = TokenServer(ls, pat, lifetime=300)
     other.routes["/x.png"] = serve()
-    make_source(ls.url, pat).read(f"{other.url}/x.png")
+    make_source(ls.url, pat, allow=(other.netloc,)).read(f"{other.url}/x.png")
     assert other.authorizations() == [None]
     assert tokens.bodies == []
 
@@ -387,7 +314,7 @@ def test_missing_token_refused_by_label_studio_says_to_set_it(ls: FakeServer, st
 def test_upstream_error_is_a_bad_gateway_without_the_query_string(other: FakeServer, status: int) -> None:
     other.routes["/x.png"] = serve(b"nope", status=status)
     with pytest.raises(ImageFetchError) as caught:
-        make_source().read(f"{other.url}/x.png?{SECRET_QUERY}")
+        make_source(allow=(other.netloc,)).read(f"{other.url}/x.png?{SECRET_QUERY}")
     assert caught.value.status == 502
     assert str(status) in caught.value.message
     assert f"{other.url}/x.png" in caught.value.message
@@ -398,7 +325,7 @@ def test_error_at_a_signed_url_hides_its_query(ls: FakeServer, other: FakeServer
     ls.routes["/tasks/7/presign/"] = redirect(f"{other.url}/signed/x.png?{SECRET_QUERY}", 303)
     other.routes["/signed/x.png"] = serve(b"expired", status=403)
     with pytest.raises(ImageFetchError) as caught:
-        make_source(ls.url, LEGACY_TOKEN).read("s3://bucket/x.png", task_id=7)
+        make_source(ls.url, LEGACY_TOKEN, allow=(other.netloc,)).read("s3://bucket/x.png", task_id=7)
     assert "403" in caught.value.message and "s3://bucket/x.png" in caught.value.message
     assert "topsecret" not in caught.value.message and "fileuri" not in caught.value.message
 
@@ -408,7 +335,7 @@ def test_connection_refused_is_a_bad_gateway() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(ImageFetchError) as caught:
-        make_source().read(f"http://127.0.0.1:{port}/x.png?{SECRET_QUERY}")
+        make_source(allow=(f"127.0.0.1:{port}",)).read(f"http://127.0.0.1:{port}/x.png?{SECRET_QUERY}")
     assert caught.value.status == 502
     assert "topsecret" not in caught.value.message
 
@@ -435,7 +362,7 @@ def test_slow_answer_times_out(other: FakeServer) -> None:
 
     other.routes["/x.png"] = slow
     with pytest.raises(ImageTimeout) as caught:
-        make_source(image_read_timeout=0.3).read(f"{other.url}/x.png")
+        make_source(allow=(other.netloc,), image_read_timeout=0.3).read(f"{other.url}/x.png")
     assert caught.value.status == 504
 
 
@@ -450,7 +377,7 @@ def test_body_that_stalls_midway_times_out(other: FakeServer) -> None:
 
     other.routes["/x.png"] = stall
     with pytest.raises(ImageTimeout):
-        make_source(image_read_timeout=0.3).read(f"{other.url}/x.png")
+        make_source(allow=(other.netloc,), image_read_timeout=0.3).read(f"{other.url}/x.png")
 
 
 def test_content_length_beyond_the_cap_is_refused_before_reading(other: FakeServer) -> None:
@@ -463,7 +390,7 @@ def test_content_length_beyond_the_cap_is_refused_before_reading(other: FakeServ
 
     other.routes["/big.png"] = announce_big
     with pytest.raises(InvalidImage) as caught:
-        make_source(image_max_mb=1, image_read_timeout=3).read(f"{other.url}/big.png")
+        make_source(allow=(other.netloc,), image_max_mb=1, image_read_timeout=3).read(f"{other.url}/big.png")
     assert caught.value.status == 413
 
 
@@ -491,13 +418,211 @@ def test_chunked_body_beyond_the_cap_is_refused_as_soon_as_the_cap_is_passed(oth
     # The server sends just over the cap, then stalls: reading on past the cap would time out instead.
     other.routes["/big.png"] = chunked(MIB + 100_000, stall=other.release)
     with pytest.raises(InvalidImage) as caught:
-        make_source(image_max_mb=1, image_read_timeout=3).read(f"{other.url}/big.png")
+        make_source(allow=(other.netloc,), image_max_mb=1, image_read_timeout=3).read(f"{other.url}/big.png")
     assert caught.value.status == 413
 
 
 def test_chunked_body_within_the_cap_is_read_whole(other: FakeServer) -> None:
     other.routes["/ok.png"] = chunked(MIB - 1)
-    assert make_source(image_max_mb=1).read(f"{other.url}/ok.png") == bytes(MIB - 1)
+    assert make_source(allow=(other.netloc,), image_max_mb=1).read(f"{other.url}/ok.png") == bytes(MIB - 1)
+
+
+# ---- where downloads may connect, and for how long ------------------------------------------------------------
+
+
+class Connects:
+    """Every socket connection the process attempts while recording; attempts beyond loopback are refused.
+
+    Built on the `socket.connect` audit event, so it sees connections however they are made, and it keeps a test
+    that resolves names to public addresses from ever leaving the machine.
+    """
+
+    recording: list[tuple[str, int]] | None = None
+
+    @classmethod
+    def hook(cls, event: str, args: tuple) -> None:
+        if event != "socket.connect" or cls.recording is None or not isinstance(args[1], tuple):
+            return
+        host, port = args[1][:2]
+        cls.recording.append((host, port))
+        if not host.startswith("127."):
+            raise ConnectionRefusedError(f"test refuses to leave loopback for {host}")
+
+
+sys.addaudithook(Connects.hook)
+
+
+@pytest.fixture
+def connects() -> Iterator[list[tuple[str, int]]]:
+    Connects.recording = []
+    yield Connects.recording
+    Connects.recording = None
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
+    """Names ending in .test resolve to the next list of addresses given for them here (the last one repeats)."""
+    answers: dict[str, list[list[str]]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
+        if not isinstance(host, str) or not host.endswith(".test"):
+            return real(host, port, *args, **kwargs)
+        queue = answers[host]
+        addresses = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port, 0, 0) if ":" in a else (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+def test_loopback_host_not_allowed_is_refused_without_a_connection(other: FakeServer, connects: list) -> None:
+    other.routes["/x.png"] = serve()
+    with pytest.raises(ImageFetchError) as caught:
+        make_source().read(f"{other.url}/x.png")
+    assert caught.value.status == 403
+    assert "loopback" in caught.value.message and "ALLOWED_IMAGE_HOSTS" in caught.value.message
+    assert other.connections == 0 and connects == []
+
+
+@pytest.mark.parametrize("host, kind", [
+    ("169.254.169.254", "link-local"),  # AWS, GCP, Azure, OpenStack metadata
+    ("[fd00:ec2::254]", "private"),  # AWS metadata over IPv6
+    ("100.100.100.200", "non-global"),  # Alibaba Cloud metadata, in the shared address space
+    ("10.1.2.3", "private"),
+    ("172.16.0.1", "private"),
+    ("192.168.1.1", "private"),
+    ("[fe80::1]", "link-local"),
+    ("[::1]", "loopback"),
+    ("0.0.0.0", "unspecified"),
+    ("224.0.0.1", "multicast"),
+    ("[::ffff:127.0.0.1]", "loopback"),  # IPv4-mapped
+    ("[64:ff9b::a9fe:a9fe]", "link-local"),  # NAT64 of 169.254.169.254
+    ("[2002:a00:1::]", "private"),  # 6to4 of 10.0.0.1
+    ("2130706433", "loopback"),  # 127.0.0.1 written as one number, which the resolver accepts
+    ("0x7f.1", "loopback"),
+    ("localhost", "loopback"),
+])
+def test_internal_addresses_are_refused_before_connecting(host: str, kind: str, connects: list) -> None:
+    with pytest.raises(ImageFetchError) as caught:
+        make_source(image_connect_timeout=0.5).read(f"http://{host}/latest/meta-data/")
+    assert caught.value.status == 403
+    assert f"{kind} address)" in caught.value.message
+    assert connects == []
+
+
+def test_redirect_to_an_unlisted_loopback_host_is_refused(ls: FakeServer, other: FakeServer) -> None:
+    ls.routes["/data/upload/1/x.png"] = redirect(f"{other.url}/x.png")
+    other.routes["/x.png"] = serve()
+    with pytest.raises(ImageFetchError) as caught:
+        make_source(ls.url, LEGACY_TOKEN).read("/data/upload/1/x.png")
+    assert caught.value.status == 403
+    assert f"reached through '{other.url}/x.png'" in caught.value.message
+    assert other.connections == 0
+
+
+def test_redirect_to_the_metadata_address_is_refused(other: FakeServer, connects: list) -> None:
+    other.routes["/x.png"] = redirect("http://169.254.169.254/latest/meta-data/iam/")
+    with pytest.raises(ImageFetchError) as caught:
+        make_source(allow=(other.netloc,)).read(f"{other.url}/x.png")
+    assert caught.value.status == 403 and "link-local" in caught.value.message
+    assert [port for _, port in connects] == [other.httpd.server_address[1]]
+
+
+def test_a_name_with_one_internal_address_among_public_ones_is_refused(resolver: dict, connects: list) -> None:
+    resolver["cdn.test"] = [["93.184.215.14", "10.0.0.7", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]]
+    with pytest.raises(ImageFetchError) as caught:
+        make_source().read("http://cdn.test/x.png")
+    assert caught.value.status == 403 and "10.0.0.7" in caught.value.message
+    assert connects == []
+
+
+def test_connection_goes_to_the_address_that_was_checked(resolver: dict, connects: list) -> None:
+    """DNS rebinding: the name answers a public address, then loopback; only the checked answer is used."""
+    resolver["rebind.test"] = [["93.184.215.14"], ["127.0.0.1"]]
+    with pytest.raises(ImageFetchError) as caught:
+        make_source().read("http://rebind.test/x.png")
+    assert caught.value.status == 502  # the (refused) public address, never loopback
+    assert connects == [("93.184.215.14", 80)]
+
+
+def test_allowed_host_with_a_port_allows_only_that_port(other: FakeServer, ls: FakeServer) -> None:
+    other.routes["/x.png"] = serve()
+    ls.routes["/x.png"] = serve()
+    source = make_source(allow=(other.netloc,))
+    assert source.read(f"{other.url}/x.png") == IMAGE
+    with pytest.raises(ImageFetchError) as caught:
+        source.read(f"{ls.url}/x.png")
+    assert caught.value.status == 403 and ls.connections == 0
+
+
+def test_allowed_host_without_a_port_allows_every_port(other: FakeServer, ls: FakeServer) -> None:
+    other.routes["/x.png"] = serve()
+    ls.routes["/x.png"] = serve()
+    source = make_source(allow=("127.0.0.1",))
+    assert source.read(f"{other.url}/x.png") == source.read(f"{ls.url}/x.png") == IMAGE
+
+
+def test_label_studio_host_set_by_setup_may_be_internal(ls: FakeServer) -> None:
+    ls.routes["/data/upload/1/x.png"] = serve()
+    source = make_source()
+    source.use_label_studio(ls.url, "setup-token")
+    assert source.read("/data/upload/1/x.png") == IMAGE
+
+
+@pytest.mark.parametrize("entry", ["http://host", "host/path", "user@host", "host:port", ":80"])
+def test_malformed_allowed_hosts_stop_the_start(entry: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_source(allow=("good.example", entry))
+    assert "ALLOWED_IMAGE_HOSTS" in caught.value.message and repr(entry) in caught.value.message
+
+
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
+def test_trickling_server_is_cut_off_at_the_total_deadline(other: FakeServer, headers_too: bool) -> None:
+    # 400 bytes, one every 50 ms: each well within the read timeout, 20 s in all.
+    other.routes["/x.png"] = slow = Trickle(bytes(400), 0.05, other.release, headers_too=headers_too)
+    with pytest.raises(ImageTimeout) as caught:
+        make_source(allow=(other.netloc,), image_read_timeout=5, image_total_timeout=0.5).read(f"{other.url}/x.png")
+    assert caught.value.status == 504
+    assert "IMAGE_TOTAL_TIMEOUT" in caught.value.message
+    assert not slow.finished, "the download was not cut off: it waited for the whole answer"
+
+
+def test_deadline_covers_every_redirect_hop(other: FakeServer) -> None:
+    other.routes["/x.png"] = redirect("/slow.png")
+    other.routes["/slow.png"] = slow = Trickle(bytes(400), 0.05, other.release)
+    with pytest.raises(ImageTimeout):
+        make_source(allow=(other.netloc,), image_total_timeout=0.5).read(f"{other.url}/x.png")
+    assert [request.path for request in other.seen] == ["/x.png", "/slow.png"]
+    assert not slow.finished
+
+
+def test_a_connection_kept_alive_from_an_earlier_download_is_watched_too(other: FakeServer) -> None:
+    other.routes["/small.png"] = serve()
+    other.routes["/x.png"] = slow = Trickle(bytes(400), 0.05, other.release)
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://", GuardedAdapter())
+    with Download(lambda host, port: True, 5):
+        assert session.get(f"{other.url}/small.png", timeout=5).content == IMAGE  # back to the pool, still open
+    with pytest.raises(requests.RequestException), Download(lambda host, port: True, 0.5) as download:
+        session.get(f"{other.url}/x.png", timeout=5)
+    assert download.expired and other.connections == 1
+    assert not slow.finished
+
+
+def test_through_a_proxy_the_target_is_checked_before_the_proxy_is_asked(other: FakeServer) -> None:
+    other.routes["/x.png"] = serve()  # plays an HTTP proxy: it is asked for the absolute URL
+    source = make_source()
+    source._session.proxies = {"http": other.url}
+    with pytest.raises(ImageFetchError) as caught:
+        source.read("http://10.0.0.8/x.png")
+    assert caught.value.status == 403 and other.connections == 0
+    allowed = make_source(allow=("images.internal",))
+    allowed._session.proxies = {"http": other.url}
+    assert allowed.read("http://images.internal/x.png") == IMAGE
+    assert other.seen[0].target == "http://images.internal/x.png"
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------
