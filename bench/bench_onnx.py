@@ -35,6 +35,7 @@ from checkpoints import save_random_checkpoint  # noqa: E402
 from onnx_converter import SAMPLE_PROMPTS, as_numpy, convert, load_sam, mask_iou, synthetic_picture  # noqa: E402
 from onnx_sam import load_onnx_predictor  # noqa: E402
 from predictor import Embedding, Predictor  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from settings import Settings  # noqa: E402
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height of the pictures clicked on
@@ -142,16 +143,6 @@ def print_header(model_type: str, weights: str) -> None:
     print(f"model: {model_type} ({weights}); load average (1 min) at the start: {os.getloadavg()[0]:.1f}")
     print()
 
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _parse_args() -> argparse.Namespace:

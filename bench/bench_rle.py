@@ -21,6 +21,7 @@ from label_studio_sdk.converter.brush import mask2rle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from brush_rle import encode_rle  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height
 SDK_REPEATS = 5
@@ -44,16 +45,6 @@ def main() -> None:
             name = f"{kind} {width}×{height}"
             print(f"{name:<20} {count_runs(mask):>8} {sdk_ms:>12.1f} {our_ms:>14.2f} {sdk_ms / our_ms:>6.0f}×")
 
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:

@@ -31,6 +31,7 @@ from checkpoints import save_random_checkpoint  # noqa: E402
 from conftest import scene  # noqa: E402
 from image_host import ImageHost  # noqa: E402
 from ls_bodies import keypoint, predict_body  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 # glibc malloc settings the Docker image uses: the encoder's large buffers are not handed back to the kernel.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
@@ -200,15 +201,6 @@ def report(rows: dict[str, list[float]]) -> None:
     for name, value, target in checks:
         print(f"| {name:<56} | {value:>9.2f} | {target:>7} |")
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from checkpoints import save_random_checkpoint  # noqa: E402
 from conftest import scene  # noqa: E402
 from image_host import ImageHost  # noqa: E402
 from ls_bodies import keypoint, predict_body, rectangle  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from reference import decode_brush_region, reference_mask  # noqa: E402
 
 log = logging.getLogger("load")
@@ -216,12 +217,6 @@ def rss_mib(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(args: argparse.Namespace, tally: Tally, verdicts: Verdicts, elapsed: float, rss_start: float,
