@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             from onnx_sam import onnx_paths
 
             onnx_paths(settings)  # raises the ConfigError that explains a missing file (without onnxruntime)
+        elif settings.sam_choice in ("SAM2", "SAM3"):
+            from hf_sam import model_folder
+
+            model_folder(settings)  # raises the ConfigError that explains a missing model folder
         elif not settings.checkpoint_path.is_file():
             build_app(settings)  # raises the ConfigError that explains the missing checkpoint
         if args.debug:
@@ -51,13 +55,20 @@ def build_app(settings: Settings):
     from model import SamBackend
     from server import create_app
 
-    return create_app(settings, SamBackend(settings, load_model(settings)))
+    concepts = None
+    if settings.sam_choice == "SAM3":
+        from sam3_concepts import load_concept_segmenter
+
+        concepts = load_concept_segmenter(settings)
+    return create_app(settings, SamBackend(settings, load_model(settings), concepts=concepts))
 
 
 def load_model(settings: Settings):
     """The predictor SAM_CHOICE names, loaded from its files (the ONNX path never imports torch)."""
     if settings.sam_choice == "ONNX":
         from onnx_sam import load_onnx_predictor as load_predictor
+    elif settings.sam_choice in ("SAM2", "SAM3"):  # SAM3: its tracker answers clicks and boxes
+        from hf_sam import load_prompt_predictor as load_predictor
     else:
         from advanced_sam import load_predictor
     return load_predictor(settings)

@@ -32,8 +32,9 @@ class ImageEmbeddings:
     """Finds or computes embeddings for task image URLs; safe to call from many threads."""
 
     def __init__(self, settings: Settings, predictor: Predictor, images: ImageSource,
-                 cache: EmbeddingCache, shared: SharedEmbeddings | None = None) -> None:
+                 cache: EmbeddingCache, shared: SharedEmbeddings | None = None, kind: str = "") -> None:
         self.settings = settings
+        self.kind = kind  # keys this encoder's entries apart from another's in the same caches (SAM 3 has two)
         self.predictor = predictor
         self.images = images
         self.cache = cache
@@ -48,6 +49,11 @@ class ImageEmbeddings:
         """How many lookups were answered from memory, from the shared cache, and by the encoder."""
         with self._lock:
             return {source: self._sources[source] for source in ("memory", "shared", "encoder")}
+
+    def digest(self, url: str) -> str | None:
+        """The SHA-256 of the image a task URL showed, once `get` has read it."""
+        with self._lock:
+            return self._digests.get(url)
 
     def get(self, url: str, task_id: int | None) -> tuple[Embedding, Source]:
         """The embedding of the image at `url`, and where it came from."""
@@ -68,7 +74,7 @@ class ImageEmbeddings:
         sources: list[Source] = []
 
         def find_or_encode() -> Embedding:
-            shared = self.shared.get(digest) if self.shared else None
+            shared = self.shared.get(self.kind + digest) if self.shared else None
             if shared is not None:
                 sources.append("shared")
                 return self._kept(shared)
@@ -77,10 +83,10 @@ class ImageEmbeddings:
             with ENCODER_SECONDS.time():
                 embedding = self.predictor.embed(image)
             if self.shared:
-                self.shared.put(digest, embedding)
+                self.shared.put(self.kind + digest, embedding)
             return self._kept(embedding)
 
-        embedding = self.cache.get_or_compute(digest, find_or_encode)
+        embedding = self.cache.get_or_compute(self.kind + digest, find_or_encode)
         return embedding, sources[0] if sources else "memory"
 
     def warm(self, url: str, task_id: int | None) -> bool:
@@ -104,16 +110,16 @@ class ImageEmbeddings:
 
     def _stored(self, digest: str) -> tuple[Embedding, Source] | None:
         """The embedding from this process's cache or, failing that, the shared one."""
-        embedding = self.cache.get(digest)
+        embedding = self.cache.get(self.kind + digest)
         if embedding is not None:
             return embedding, "memory"
         if self.shared is None:
             return None
-        shared = self.shared.get(digest)
+        shared = self.shared.get(self.kind + digest)
         if shared is None:
             return None
         shared = self._kept(shared)
-        self.cache.put(digest, shared)
+        self.cache.put(self.kind + digest, shared)
         return shared, "shared"
 
     def _kept(self, embedding: Embedding) -> Embedding:

@@ -1,5 +1,6 @@
 """The Label Studio-facing model: smart keypoints and rectangles on a task's image in, brush masks and/or
-polygons out (whichever controls the labeling config has for the image, or RESULT_TYPE forces)."""
+polygons out (whichever controls the labeling config has for the image, or RESULT_TYPE forces). With SAM 3,
+a typed concept and the rectangles are a concept prompt: one region per instance found, each with its score."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from concepts import ConceptPrompt, split_concept_regions
 from embedding_cache import EmbeddingCache
 from errors import InvalidRequest
 from image_embeddings import ImageEmbeddings
@@ -24,10 +26,16 @@ from results import to_results
 from settings import Settings
 from shared_cache import SharedEmbeddings, model_fingerprint
 
+if TYPE_CHECKING:
+    from sam3_concepts import ConceptSegmenter
+
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 1000
 REFINEMENT_HISTORY_BYTES = 64 * 2**20
+DETECTIONS_BYTES = 256 * 2**20  # SAM 3 answers kept so a new threshold needs no model run (~33 MB each)
+REMEMBERED_CONCEPTS = 4096
+DEFAULT_CONCEPT_THRESHOLD = 0.5  # SAM 3's own default confidence, used while SCORE_THRESHOLD is 0
 
 
 @dataclass
@@ -44,6 +52,8 @@ class PredictStats:
     shared_hits: int = 0  # embeddings found in the shared (Redis) cache
     encoder_runs: int = 0
     warmed: int = 0  # images queued for embedding when tasks were opened
+    concepts: int = 0  # SAM 3 concept prompts answered
+    detector_runs: int = 0  # of them, answered by running SAM 3's detector (the others only re-thresholded)
     interactive: bool = False
 
 
@@ -52,7 +62,8 @@ class SamBackend:
 
     model_class = "SamBackend"
 
-    def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None) -> None:
+    def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None,
+                 concepts: ConceptSegmenter | None = None) -> None:
         self.settings = settings
         self.predictor = predictor
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
@@ -63,6 +74,12 @@ class SamBackend:
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
         self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
         self.history = RefinementHistory(REFINEMENT_HISTORY_BYTES)
+        self.concepts = concepts
+        if concepts is not None:
+            self.concept_embeddings = ImageEmbeddings(settings, concepts, self.images, self.cache, shared,
+                                                      kind="concept:")
+            self.detections = EmbeddingCache(DETECTIONS_BYTES)
+        self._task_concepts: OrderedDict[tuple, tuple[str, float | None]] = OrderedDict()
         self.polygon_options = PolygonOptions(settings.polygon_tolerance, settings.polygon_max_vertices,
                                               settings.polygon_min_area)
         self._schemas: OrderedDict[str, str] = OrderedDict()
@@ -91,11 +108,16 @@ class SamBackend:
             # An empty list per task: Label Studio then stores no (empty) prediction for the task.
             return {"results": [[] for _ in tasks], "model_version": self.model_version}
         stats.interactive = True
-        prompts = prompts_from_regions(regions, self.settings.negative_label_names)
-        stats.points = sum(len(p.points) for p in prompts)
-        stats.boxes = sum(p.box is not None for p in prompts)
         project = str(body.get("project"))
-        predictions = [self._prediction(self._segment(project, task, prompts, config, stats)) for task in tasks]
+        concepts: list[ConceptPrompt] = []
+        if self.concepts is not None:
+            concepts, regions = split_concept_regions(regions, self.settings.negative_label_names)
+        prompts = prompts_from_regions(regions, self.settings.negative_label_names) if regions or not concepts else []
+        stats.points = sum(len(p.points) for p in prompts)
+        stats.boxes = sum(p.box is not None for p in prompts) + sum(len(c.boxes) for c in concepts)
+        predictions = [self._prediction(self._segment(project, task, prompts, config, stats)
+                                        + self._segment_concepts(project, task, concepts, config, stats))
+                       for task in tasks]
         stats.regions = sum(len(p["result"]) for p in predictions)
         return {"results": predictions, "model_version": self.model_version}
 
@@ -119,6 +141,53 @@ class SamBackend:
                 mask = remove_small_regions(prompt.cut_negative_boxes(answer.mask), self.settings.min_area)
                 results += to_results(mask, prompt.label, controls, to_name, answer.score, self.polygon_options)
         return results
+
+    def _segment_concepts(self, project: str, task: dict, concepts: list[ConceptPrompt], config: LabelConfig,
+                          stats: PredictStats) -> list[dict]:
+        """One region per instance of each image's concept, above the confidence threshold."""
+        results = []
+        for concept in concepts:
+            text, threshold = self._concept_text(project, task, concept)
+            controls = config.mask_controls(concept.to_name, self.settings.result_type)
+            url = _image_url(task, config.image_field(concept.to_name))
+            embedding, _ = self.concept_embeddings.get(url, task.get("id") if isinstance(task.get("id"), int) else None)
+            height, width = embedding.original_size
+            scale = (width / 100.0, height / 100.0, width / 100.0, height / 100.0)
+            boxes = [tuple(v * s for v, s in zip(box, scale)) for box in concept.boxes]
+            key = repr((self.concept_embeddings.digest(url), text, boxes, concept.box_labels))
+            runs: list[int] = []
+
+            def detect() -> object:
+                runs.append(1)
+                return self.concepts.detect(embedding, text, boxes, list(concept.box_labels))
+
+            started = time.perf_counter()
+            detections = self.detections.get_or_compute(key, detect)
+            if runs:
+                DECODER_SECONDS.observe(time.perf_counter() - started)
+            stats.concepts += 1
+            stats.detector_runs += len(runs)
+            label = concept_label(text, concept.label, controls)
+            for instance in self.concepts.instances(detections, threshold):
+                mask = remove_small_regions(instance.mask, self.settings.min_area)
+                results += to_results(mask, label, controls, concept.to_name, instance.score, self.polygon_options)
+        return results
+
+    def _concept_text(self, project: str, task: dict, concept: ConceptPrompt) -> tuple[str, float]:
+        """The concept and threshold for this request: typed now, else typed earlier on the task, else the label."""
+        key = (project, str(task.get("id")), concept.to_name)
+        with self._lock:
+            text, threshold = self._task_concepts.get(key, (None, None))
+            text = concept.text or text or concept.label
+            threshold = concept.threshold if concept.threshold is not None else threshold
+            if text:
+                self._remember(self._task_concepts, key, (text, threshold), limit=REMEMBERED_CONCEPTS)
+        if not text:
+            raise InvalidRequest(f"no concept for image '{concept.to_name}': type one in the TextArea "
+                                 "or draw a labelled rectangle")
+        if threshold is None:
+            threshold = self.settings.score_threshold or DEFAULT_CONCEPT_THRESHOLD
+        return text, threshold
 
     def _decode(self, embedding: Embedding, key: tuple, objects: list[Prompt], stats: PredictStats) -> list[MaskResult]:
         """SAM's answers for the objects of one image, refining the previous round's when these prompts extend it."""
@@ -147,12 +216,13 @@ class SamBackend:
     def _warm(self, tasks: list[dict], config: LabelConfig) -> int:
         """Queue the images of opened tasks for embedding, so the first click finds them ready."""
         queued = 0
+        warmed = self.concept_embeddings if self.concepts is not None else self.embeddings  # SAM 3: concepts first
         for task in tasks[: self.settings.warm_max_tasks]:
             for to_name in config.masked_images:
                 url = task["data"].get(config.image_fields.get(to_name, ""))
                 if isinstance(url, str) and url.strip():
                     task_id = task.get("id")
-                    queued += self.embeddings.warm(url.strip(), task_id if isinstance(task_id, int) else None)
+                    queued += warmed.warm(url.strip(), task_id if isinstance(task_id, int) else None)
         return queued
 
     def _parse_predict(self, body: Any) -> tuple[list[dict], list | None, LabelConfig]:
@@ -195,6 +265,18 @@ class SamBackend:
         table.move_to_end(key)
         while len(table) > limit:
             table.popitem(last=False)
+
+
+def concept_label(text: str, rectangle_label: str | None, controls: list) -> str | None:
+    """The label to paint instances of `text` with: the rectangle's, else a control label the text names."""
+    if rectangle_label:
+        return rectangle_label
+    labels = [label for control in controls for label in control.labels]
+    words = text.lower().split()
+    for candidate in ([label for label in labels if label.lower() == text.lower()]
+                      + [label for label in labels if label.lower() in words]):
+        return candidate
+    return labels[0] if labels else None
 
 
 def _image_url(task: dict, field_name: str) -> str:

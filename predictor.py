@@ -20,23 +20,28 @@ from prompts import Prompt
 class Embedding:
     """The image encoder's output for one image, with the sizes needed to map prompts and masks."""
 
-    features: Any  # 1×256×64×64 (a torch tensor on the model's device, or a numpy array)
+    # SAM: one 1×256×64×64 array; SAM 2 and SAM 3: a tuple of feature maps, finest first. Torch tensors on
+    # the model's device, or numpy arrays.
+    features: Any
     input_size: tuple[int, int]  # (h, w) of the image resized so its long side is the encoder's input size
     original_size: tuple[int, int]  # (h, w) of the task image
 
     @property
     def nbytes(self) -> int:
-        return int(self.features.nbytes)
+        return sum(int(array.nbytes) for array in self.arrays)
+
+    @property
+    def arrays(self) -> tuple[Any, ...]:
+        """The feature maps as a tuple, whether the model makes one or several."""
+        return self.features if isinstance(self.features, tuple) else (self.features,)
 
     def compact(self) -> "Embedding":
-        """The same embedding as a float16 numpy array: half the memory, and bytes any process can share.
+        """The same embedding as float16 numpy arrays: half the memory, and bytes any process can share.
 
         Masks decoded from it match those of the float32 original (IoU ≥ 0.999, tested).
         """
-        features = self.features
-        if hasattr(features, "detach"):  # a torch tensor, possibly on a GPU
-            features = features.detach().cpu().numpy()
-        return replace(self, features=np.ascontiguousarray(features, dtype=np.float16))
+        arrays = tuple(_float16(array) for array in self.arrays)
+        return replace(self, features=arrays if isinstance(self.features, tuple) else arrays[0])
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class MaskResult:
 class Predictor(Protocol):
     """Embeds images and decodes prompts against an embedding; safe to call from many threads."""
 
-    model_type: str  # vit_t, vit_b, vit_l, vit_h
+    model_type: str  # vit_t, vit_b, vit_l, vit_h, sam2, sam3
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an H×W×3 uint8 RGB image."""
@@ -77,3 +82,9 @@ def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence
     if hasattr(predictor, "predict_batch"):
         return predictor.predict_batch(embedding, prompts, mask_inputs)
     return [predictor.predict(embedding, prompt) for prompt in prompts]
+
+
+def _float16(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU
+        array = array.detach().float().cpu().numpy()
+    return np.ascontiguousarray(array, dtype=np.float16)

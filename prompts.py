@@ -127,6 +127,14 @@ def prompts_from_regions(regions: Any, negative_labels: frozenset[str] = frozens
             for prompt in _group(keypoints, positive)]
 
 
+def rectangles_from_regions(regions: Sequence[dict], negative_labels: frozenset[str] = frozenset()) -> list[
+        "_Rectangle"]:
+    """The rectangles among `regions` (box in percent, positive or not, label, image), checked as for SAM."""
+    parsed = (_parse_region(region, f"context.result[{index}]", negative_labels)
+              for index, region in enumerate(regions))
+    return [rect for rect in parsed if isinstance(rect, _Rectangle)]
+
+
 def _group(keypoints: Sequence[_Keypoint], rectangles: Sequence[_Rectangle]) -> list[Prompt]:
     """Each rectangle with its inner keypoints; free keypoints as one object, or as refinements."""
     inside: dict[int, list[_Keypoint]] = {i: [] for i in range(len(rectangles))}

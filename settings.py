@@ -15,7 +15,7 @@ from errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 
-SAM_CHOICES = ("MobileSAM", "SAM", "ONNX")
+SAM_CHOICES = ("MobileSAM", "SAM", "ONNX", "SAM2", "SAM3")
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
 RESULT_TYPES = ("auto", "brush", "polygon", "both")
 
@@ -24,7 +24,8 @@ RESULT_TYPES = ("auto", "brush", "polygon", "both")
 class Settings:
     """Configuration of one backend process. Field names are the environment variables, lower-cased."""
 
-    # Model. SAM_CHOICE=MobileSAM (default), SAM, or ONNX (onnx_sam.py, files below).
+    # Model. SAM_CHOICE=MobileSAM (default), SAM, ONNX (onnx_sam.py, files below), SAM2 (SAM 2 / 2.1) or SAM3
+    # (text concepts and clicks); SAM2 and SAM3 load through Hugging Face transformers from the folders below.
     sam_choice: str = "MobileSAM"
     # Folder that relative checkpoint paths are resolved against (MODEL_DIR, `--model-dir`).
     model_dir: Path = HERE / "models"
@@ -43,6 +44,9 @@ class Settings:
     # image encoder (`--encoder`); without ONNX_ENCODER the encoder runs in torch from the checkpoint.
     onnx_decoder: str = "mobile_sam.decoder.onnx"
     onnx_encoder: str = ""
+    # SAM_CHOICE=SAM2 / SAM3: a downloaded Hugging Face model folder (facebook/sam2.1-hiera-tiny, facebook/sam3).
+    sam2_model_dir: str = "sam2.1-hiera-tiny"
+    sam3_model_dir: str = "sam3"
 
     # Label Studio: where task images live and how to authenticate there. The /setup body is a fallback.
     label_studio_url: str = ""
@@ -129,8 +133,9 @@ class Settings:
 
     @property
     def checkpoint_path(self) -> Path:
-        """The checkpoint file the chosen model loads, resolved against `model_dir`."""
-        return self.model_path(self.mobilesam_checkpoint if self.sam_choice == "MobileSAM" else self.sam_checkpoint)
+        """The checkpoint file (or, for SAM2 and SAM3, folder) the chosen model loads, resolved against `model_dir`."""
+        names = {"MobileSAM": self.mobilesam_checkpoint, "SAM2": self.sam2_model_dir, "SAM3": self.sam3_model_dir}
+        return self.model_path(names.get(self.sam_choice, self.sam_checkpoint))
 
     def model_path(self, name: str) -> Path:
         """A model file's path: absolute as given, or relative to `model_dir`."""
@@ -143,6 +148,8 @@ class Settings:
         if self.sam_choice == "ONNX":
             encoder = self.model_path(self.onnx_encoder) if self.onnx_encoder else self.checkpoint_path
             files = [self.model_path(self.onnx_decoder), encoder]
+        elif self.sam_choice in ("SAM2", "SAM3"):
+            files = sorted(self.checkpoint_path.glob("*.safetensors")) + [self.checkpoint_path / "config.json"]
         else:
             files = [self.checkpoint_path]
         return [path for path in files if path.is_file()]

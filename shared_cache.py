@@ -21,7 +21,7 @@ from predictor import Embedding
 
 log = logging.getLogger(__name__)
 
-FEATURE_SHAPE = (1, 256, 64, 64)
+MAX_FEATURE_VALUES = 64 * 2**20  # SAM 3 keeps ~30 M values per image; more is not an embedding we wrote
 _HEADER_END = b"\n"
 _QUIET_SECONDS = 60.0  # after a Redis failure, log the next one no sooner than this
 
@@ -87,9 +87,11 @@ def model_fingerprint(model_version: str, files: list[Path]) -> str:
 
 
 def _pack(embedding: Embedding) -> bytes:
-    features = embedding.compact().features
-    header = {"input_size": list(embedding.input_size), "original_size": list(embedding.original_size)}
-    return json.dumps(header).encode() + _HEADER_END + features.tobytes()
+    compact = embedding.compact()
+    header = {"input_size": list(embedding.input_size), "original_size": list(embedding.original_size),
+              "shapes": [list(array.shape) for array in compact.arrays],
+              "several": isinstance(compact.features, tuple)}
+    return json.dumps(header).encode() + _HEADER_END + b"".join(array.tobytes() for array in compact.arrays)
 
 
 def _unpack(raw: bytes) -> Embedding:
@@ -102,8 +104,16 @@ def _unpack(raw: bytes) -> Embedding:
     original_size = tuple(int(v) for v in header["original_size"])
     if len(input_size) != 2 or len(original_size) != 2 or min(*input_size, *original_size) <= 0:
         raise ValueError("bad sizes")
-    expected = int(np.prod(FEATURE_SHAPE)) * 2
-    if len(payload) != expected:
-        raise ValueError(f"{len(payload)} feature bytes, expected {expected}")
-    features = np.frombuffer(bytearray(payload), dtype=np.float16).reshape(FEATURE_SHAPE)
+    shapes = [tuple(int(v) for v in shape) for shape in header["shapes"]]
+    several = bool(header.get("several"))
+    if not 1 <= len(shapes) <= 8 or any(len(shape) != 4 or min(shape) <= 0 for shape in shapes) or (
+            len(shapes) > 1 and not several):
+        raise ValueError("bad feature shapes")
+    counts = [int(np.prod(shape)) for shape in shapes]
+    if sum(counts) > MAX_FEATURE_VALUES or len(payload) != 2 * sum(counts):
+        raise ValueError(f"{len(payload)} feature bytes do not match the shapes {shapes}")
+    values = np.frombuffer(bytearray(payload), dtype=np.float16)
+    offsets = np.cumsum([0] + counts)
+    arrays = tuple(values[start:end].reshape(shape) for start, end, shape in zip(offsets, offsets[1:], shapes))
+    features = arrays if several else arrays[0]
     return Embedding(features=features, input_size=input_size, original_size=original_size)

@@ -34,6 +34,32 @@ def test_embedding_round_trip_is_float16_with_its_sizes(redis_url):
     assert SharedEmbeddings(redis_url, "another-model", ttl_seconds=60).get("abc") is None
 
 
+def test_a_feature_pyramid_round_trips_in_order(redis_url):
+    """SAM 2 and SAM 3 embeddings are several maps, finest first; they come back as they went in."""
+    store = SharedEmbeddings(redis_url, "pyramid", ttl_seconds=60)
+    rng = np.random.default_rng(1)
+    maps = tuple(rng.standard_normal(shape).astype(np.float32)
+                 for shape in ((1, 32, 64, 64), (1, 64, 32, 32), (1, 256, 16, 16)))
+    store.put("abc", Embedding(features=maps, input_size=(256, 256), original_size=(60, 90)))
+    back = store.get("abc")
+    assert isinstance(back.features, tuple) and [a.shape for a in back.features] == [a.shape for a in maps]
+    for got, sent in zip(back.features, maps):
+        np.testing.assert_allclose(got, sent, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("header", [
+    b'{"input_size": [1, 1], "original_size": [1, 1], "shapes": [[1, 2, 2, 2], [1, 1, 1, 1]], "several": false}',
+    b'{"input_size": [1, 1], "original_size": [1, 1], "shapes": [[1, 2, 2, -2]], "several": true}',
+    b'{"input_size": [1, 1], "original_size": [1, 1], "shapes": [[1, 99999, 99999, 99]], "several": true}',
+])
+def test_a_malformed_pyramid_is_ignored(redis_url, header):
+    import redis
+
+    store = SharedEmbeddings(redis_url, "malformed", ttl_seconds=60)
+    redis.Redis.from_url(redis_url).set("sam-ls-backend:malformed:embedding:bad", header + b"\n" + b"\0" * 18)
+    assert store.get("bad") is None
+
+
 def test_url_to_image_digest_is_shared(redis_url):
     writer = SharedEmbeddings(redis_url, "urls", ttl_seconds=60)
     writer.remember_image("/data/upload/1/a.png", "d1g3st")

@@ -1,0 +1,136 @@
+"""SAM 2.1 and SAM 3's tracker behind the same stateless predictor as SAM: clicks and boxes in, one mask out.
+
+Both load through Hugging Face `transformers` (`Sam2Model`, `Sam3TrackerModel`) from a local model folder,
+never from the network. The arithmetic is the processor's own (resize, coordinate normalisation, mask
+upscaling), so a mask from here equals what `Sam2Processor.post_process_masks` makes of the model's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from errors import ConfigError
+from predictor import Embedding, MaskResult
+from prompts import Prompt
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Model folder files that mark a complete Hugging Face snapshot.
+REQUIRED_FILES = ("config.json",)
+
+
+def load_prompt_predictor(settings: Settings) -> "HfPromptPredictor":
+    """SAM 2 (SAM_CHOICE=SAM2) or SAM 3's tracker (SAM_CHOICE=SAM3) from its local folder, ready for clicks."""
+    transformers = import_transformers(settings)
+    folder = model_folder(settings)
+    started = time.perf_counter()
+    if settings.sam_choice == "SAM2":
+        model_class, processor_class, model_type = transformers.Sam2Model, transformers.Sam2Processor, "sam2"
+    else:
+        model_class, processor_class = transformers.Sam3TrackerModel, transformers.Sam3TrackerProcessor
+        model_type = "sam3"
+    model, processor = load_pretrained(model_class, processor_class, folder, settings)
+    log.info("loaded %s (%s) from %s on %s in %.1f s", settings.sam_choice, model_class.__name__, folder,
+             model.device, time.perf_counter() - started)
+    return HfPromptPredictor(model, processor, model_type)
+
+
+class HfPromptPredictor:
+    """Thread-safe SAM 2 / SAM 3 tracker inference: `embed` an image, then `predict` prompts on the embedding."""
+
+    def __init__(self, model: Any, processor: Any, model_type: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_type = model_type
+        self._encoder_lock = threading.Lock()  # one image at a time through the encoder, as for SAM
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run the image encoder on an H×W×3 uint8 RGB image; keeps the feature maps the decoder reads."""
+        import torch
+
+        inputs = self.processor(images=image, return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
+        with self._encoder_lock, torch.inference_mode():
+            maps = self.model.get_image_embeddings(pixels)
+        return Embedding(features=tuple(maps), input_size=tuple(pixels.shape[-2:]),
+                         original_size=(int(image.shape[0]), int(image.shape[1])))
+
+    def predict(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
+        """Decode one object's mask; a lone click asks for three candidates and keeps the best, as SAM 2 does.
+
+        `mask_input` (the previous answer's 256×256 logits) refines that answer, like SAM's `mask_input`.
+        """
+        import torch
+
+        height, width = embedding.original_size
+        coords, labels, box = prompt.in_pixels(width, height)
+        prompts: dict[str, Any] = {}
+        if coords is not None:
+            prompts["input_points"] = [[coords.tolist()]]
+            prompts["input_labels"] = [[labels.tolist()]]
+        if box is not None:
+            prompts["input_boxes"] = [[box.tolist()]]
+        inputs = self.processor(original_sizes=[[height, width]], return_tensors="pt", **prompts)
+        device = self.model.device
+        arguments = {name: inputs[name].to(device) for name in ("input_points", "input_labels", "input_boxes")
+                     if name in inputs}
+        if mask_input is not None:
+            arguments["input_masks"] = torch.as_tensor(mask_input, dtype=self.model.dtype, device=device)[None, None]
+        maps = [torch.as_tensor(array, device=device).to(self.model.dtype) for array in embedding.arrays]
+        multimask = prompt.is_single_click
+        with torch.inference_mode():
+            output = self.model(image_embeddings=maps, multimask_output=multimask, **arguments)
+        scores = output.iou_scores[0, 0].float()
+        best = int(torch.argmax(scores)) if multimask else 0
+        low_res = output.pred_masks[0, 0, best].float()
+        mask = self.processor.post_process_masks([low_res[None, None].cpu()], [[height, width]])[0][0, 0]
+        return MaskResult(mask=mask.numpy(), score=float(scores[best]), low_res_logits=low_res.cpu().numpy())
+
+    def predict_batch(self, embedding: Embedding, prompts: Sequence[Prompt],
+                      mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
+        """One mask per prompt, each refined by its previous logits when given."""
+        return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
+
+
+def import_transformers(settings: Settings) -> Any:
+    """`transformers`, made unable to reach the network before it is first imported (HF_HUB_OFFLINE)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import torch
+        import transformers
+    except ImportError as error:
+        raise ConfigError(f"SAM_CHOICE={settings.sam_choice} needs torch and transformers: {error}") from None
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    return transformers
+
+
+def model_folder(settings: Settings) -> Path:
+    """The local Hugging Face model folder of SAM_CHOICE, checked to be one."""
+    folder = settings.checkpoint_path
+    if not folder.is_dir() or not all((folder / name).is_file() for name in REQUIRED_FILES):
+        variable = "SAM2_MODEL_DIR" if settings.sam_choice == "SAM2" else "SAM3_MODEL_DIR"
+        raise ConfigError(f"model folder not found or incomplete: {folder}. Run ./download_models.sh "
+                          f"{settings.sam_choice.lower()} or set {variable} to a downloaded model folder")
+    return folder
+
+
+def load_pretrained(model_class: Any, processor_class: Any, folder: Path, settings: Settings) -> tuple[Any, Any]:
+    """A model and its processor from `folder` only, on DEVICE, in eval mode."""
+    from advanced_sam import resolve_device
+
+    try:
+        model = model_class.from_pretrained(folder, local_files_only=True)
+        processor = processor_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{folder} does not hold a {model_class.__name__} model folder: {error}") from None
+    return model.to(resolve_device(settings.device)).eval(), processor

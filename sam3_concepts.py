@@ -1,0 +1,126 @@
+"""SAM 3 concept segmentation: a noun phrase and example boxes in, every matching instance out, with scores.
+
+`Sam3Model` and `Sam3Processor` load from the local SAM 3 folder (`SAM3_MODEL_DIR`). The image encoder
+runs once per image (its feature maps are cached like SAM's embeddings); each concept then costs the text
+encoder and the detector. `detect` keeps every candidate the detector proposed, so that a new confidence
+threshold is answered by `instances` without running the model again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hf_sam import import_transformers, load_pretrained, model_folder
+from predictor import Embedding
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES = 100  # instances kept per concept, best first; SAM 3 proposes 200 queries
+MASK_THRESHOLD = 0.5  # on the sigmoid of the mask logits, as Sam3Processor binarises
+
+
+def load_concept_segmenter(settings: Settings) -> "ConceptSegmenter":
+    """SAM 3's detector and processor from SAM3_MODEL_DIR (start-up only: takes seconds)."""
+    transformers = import_transformers(settings)
+    folder = model_folder(settings)
+    started = time.perf_counter()
+    model, processor = load_pretrained(transformers.Sam3Model, transformers.Sam3Processor, folder, settings)
+    log.info("loaded SAM 3 concept detector from %s on %s in %.1f s", folder, model.device,
+             time.perf_counter() - started)
+    return ConceptSegmenter(model, processor)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Every candidate instance of one concept on one image, best first (at most MAX_CANDIDATES)."""
+
+    scores: np.ndarray  # (K,) SAM 3's confidence: instance score × presence score
+    mask_logits: np.ndarray  # (K, h, w) float32, the detector's low-resolution masks
+    original_size: tuple[int, int]  # (h, w) of the task image
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.scores.nbytes + self.mask_logits.nbytes)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One detected object: its mask in the task image's frame and its confidence."""
+
+    mask: np.ndarray  # bool, H×W
+    score: float
+
+
+class ConceptSegmenter:
+    """Thread-safe SAM 3 concept detection on cached image features."""
+
+    model_type = "sam3"
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self._encoder_lock = threading.Lock()
+        self._positions: tuple[Any, ...] | None = None  # the same for every image: computed once
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run SAM 3's vision encoder on an H×W×3 uint8 RGB image; keeps its feature pyramid."""
+        import torch
+
+        inputs = self.processor(images=image, return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
+        with self._encoder_lock, torch.inference_mode():
+            output = self.model.get_vision_features(pixel_values=pixels)
+            if self._positions is None:
+                self._positions = tuple(output.fpn_position_encoding)
+        return Embedding(features=tuple(output.fpn_hidden_states), input_size=tuple(pixels.shape[-2:]),
+                         original_size=(int(image.shape[0]), int(image.shape[1])))
+
+    def detect(self, embedding: Embedding, text: str, boxes: list[tuple[float, float, float, float]],
+               box_labels: list[int]) -> Detections:
+        """Every instance of `text` on the embedded image; `boxes` (pixels, x0 y0 x1 y1) are examples (label 1)
+        or counter-examples (label 0), as SAM 3's geometric prompts."""
+        import torch
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        height, width = embedding.original_size
+        prompt: dict[str, Any] = {"text": text}
+        if boxes:
+            prompt.update(input_boxes=[[list(box) for box in boxes]], input_boxes_labels=[list(box_labels)],
+                          original_sizes=[[height, width]])
+        inputs = self.processor(return_tensors="pt", **prompt)
+        device = self.model.device
+        if self._positions is None:
+            raise RuntimeError("embed an image before detecting concepts on it")
+        vision = Sam3VisionEncoderOutput(
+            fpn_hidden_states=tuple(torch.as_tensor(a, device=device).to(self.model.dtype) for a in embedding.arrays),
+            fpn_position_encoding=self._positions)
+        arguments = {name: inputs[name].to(device) for name in
+                     ("input_ids", "attention_mask", "input_boxes", "input_boxes_labels") if name in inputs}
+        with torch.inference_mode():
+            output = self.model(vision_embeds=vision, **arguments)
+        scores = (output.pred_logits[0].float().sigmoid() * output.presence_logits[0].float().sigmoid()).cpu()
+        order = torch.argsort(scores, descending=True)[:MAX_CANDIDATES]
+        logits = output.pred_masks[0][order.to(device)].float().cpu().numpy()
+        return Detections(scores=scores[order].numpy(), mask_logits=logits, original_size=embedding.original_size)
+
+    def instances(self, detections: Detections, threshold: float) -> list[Instance]:
+        """The detections scoring above `threshold`, with masks upscaled to the image as Sam3Processor does."""
+        import torch
+        import torch.nn.functional as F
+
+        found = []
+        for score, logits in zip(detections.scores, detections.mask_logits):
+            if score <= threshold:
+                break  # best first
+            probabilities = torch.from_numpy(logits).sigmoid()[None, None]
+            upscaled = F.interpolate(probabilities, size=detections.original_size, mode="bilinear",
+                                     align_corners=False)[0, 0]
+            found.append(Instance(mask=(upscaled > MASK_THRESHOLD).numpy(), score=float(score)))
+        return found

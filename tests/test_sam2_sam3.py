@@ -1,0 +1,266 @@
+"""SAM 2.1 and SAM 3 through the server, on tiny random-weight model folders loaded the way a user's are.
+
+Every mask is compared with what `transformers` itself answers for the same folder, image and prompt when
+run from pixels (processor in, processor post-processing out): equal pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import scene
+from ls_bodies import keypoint, predict_body, rectangle
+from reference import decode_brush_region
+
+transformers = pytest.importorskip("transformers")
+
+CONCEPT_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="tag" toName="image"><Label value="person"/><Label value="car"/></BrushLabels>'
+    '<TextArea name="concept" toName="image" editable="true" rows="1" maxSubmissions="1" smart="true"/>'
+    '<KeyPointLabels name="tag2" toName="image" smart="true"><Label value="person" smart="true"/></KeyPointLabels>'
+    '<RectangleLabels name="tag3" toName="image" smart="true"><Label value="person"/><Label value="car"/>'
+    '</RectangleLabels></View>')
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from hf_checkpoints import save_sam2_folder, save_sam3_folder
+
+    root = tmp_path_factory.mktemp("hf-models")
+    return {"SAM2": save_sam2_folder(root / "sam2.1-hiera-tiny"), "SAM3": save_sam3_folder(root / "sam3")}
+
+
+@pytest.fixture(scope="module")
+def backends(folders, image_host):
+    """A Flask test client per SAM_CHOICE, built the way `_wsgi.build_app` builds it."""
+    from _wsgi import build_app
+    from settings import Settings
+
+    made = {}
+    for choice in ("SAM2", "SAM3"):
+        settings = Settings.from_env({}, SAM_CHOICE=choice, SAM2_MODEL_DIR=str(folders["SAM2"]),
+                                     SAM3_MODEL_DIR=str(folders["SAM3"]), LABEL_STUDIO_URL=image_host.url,
+                                     LABEL_STUDIO_API_KEY=image_host.token)
+        made[choice] = (build_app(settings).test_client(), settings)
+    return made
+
+
+def textarea(text: str, to_name: str = "image") -> dict:
+    """What Label Studio sends for a smart TextArea's submitted text."""
+    return {"id": f"txt_{text}", "from_name": "concept", "to_name": to_name, "type": "textarea",
+            "value": {"text": [text]}, "origin": "manual"}
+
+
+def concept_body(url: str, regions: list[dict], task_id: int = 1) -> dict:
+    body = predict_body(url, regions, task_id)
+    body["label_config"] = CONCEPT_CONFIG
+    return body
+
+
+def post(client, body: dict) -> list[dict]:
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["results"][0]["result"]
+
+
+@torch.inference_mode()
+def prompt_reference(folder, choice: str, image: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:
+    """transformers' own answer from pixels: processor in, model, post_process_masks, best of three for a click."""
+    model_class, processor_class = ((transformers.Sam2Model, transformers.Sam2Processor) if choice == "SAM2"
+                                    else (transformers.Sam3TrackerModel, transformers.Sam3TrackerProcessor))
+    model = model_class.from_pretrained(folder, local_files_only=True).eval()
+    processor = processor_class.from_pretrained(folder, local_files_only=True)
+    prompt = {}
+    if points is not None:
+        prompt.update(input_points=[[points]], input_labels=[[labels]])
+    if box is not None:
+        prompt["input_boxes"] = [[box]]
+    inputs = processor(images=image, return_tensors="pt", **prompt)
+    single_click = box is None and labels == [1]
+    output = model(**inputs, multimask_output=single_click)
+    masks = processor.post_process_masks(output.pred_masks, inputs["original_sizes"])[0][0]
+    best = int(torch.argmax(output.iou_scores[0, 0])) if single_click else 0
+    return masks[best].numpy()
+
+
+@torch.inference_mode()
+def concept_reference(folder, image: np.ndarray, text: str, threshold: float, boxes=None, box_labels=None):
+    """Sam3Model from pixels and Sam3Processor's instance post-processing: (score, mask) pairs, best first."""
+    model = transformers.Sam3Model.from_pretrained(folder, local_files_only=True).eval()
+    processor = transformers.Sam3Processor.from_pretrained(folder, local_files_only=True)
+    extra = {"input_boxes": [boxes], "input_boxes_labels": [box_labels]} if boxes else {}
+    inputs = processor(images=image, text=text, return_tensors="pt", **extra)
+    output = model(**inputs)
+    found = processor.post_process_instance_segmentation(output, threshold=threshold, mask_threshold=0.5,
+                                                         target_sizes=inputs["original_sizes"].tolist())[0]
+    order = torch.argsort(found["scores"], descending=True)
+    return [(float(found["scores"][i]), found["masks"][i].numpy()) for i in order]
+
+
+def pixels(box_percent, width, height):
+    x0, y0, x1, y1 = box_percent
+    return [x0 * width / 100, y0 * height / 100, x1 * width / 100, y1 * height / 100]
+
+
+# With SAM 3, rectangles are concept examples (tested below), so only clicks reach its tracker.
+@pytest.mark.parametrize("choice, case", [("SAM2", "click"), ("SAM2", "click+negative"), ("SAM2", "box"),
+                                          ("SAM2", "box+click"), ("SAM3", "click"), ("SAM3", "click+negative")])
+def test_clicks_and_boxes_match_transformers(backends, folders, image_host, choice, case):
+    image = scene(96, 72, seed=3)
+    url = image_host.add_image(f"/data/upload/1/{choice}-{case}.png", image)
+    width, height = 96, 72
+    regions, points, labels, box = [], None, None, None
+    if "click" in case:
+        regions.append(keypoint(40, 50, width=width, height=height, label="Foreground"))
+        points, labels = [[40 * width / 100, 50 * height / 100]], [1]
+    if "negative" in case:
+        regions.append(keypoint(70, 30, positive=False, width=width, height=height))
+        points.append([70 * width / 100, 30 * height / 100])
+        labels.append(0)
+    if "box" in case:
+        regions.append(rectangle(10, 20, 60, 70, width=width, height=height))
+        box = pixels((10, 20, 70, 90), width, height)
+    client, _ = backends[choice]
+    result = post(client, predict_body(url, regions))
+    assert len(result) == 1
+    expected = prompt_reference(folders[choice], choice, image, points, labels, box)
+    assert np.array_equal(decode_brush_region(result[0]), expected)
+
+
+def test_sam2_click_reuses_the_embedding(backends, image_host, folders):
+    client, _ = backends["SAM2"]
+    url = image_host.add_image("/data/upload/1/sam2-warm.png", scene(80, 64, seed=5))
+    first = client.post("/predict", json=predict_body(url, [keypoint(30, 40)]))
+    second = client.post("/predict", json=predict_body(url, [keypoint(35, 45)]))
+    assert first.status_code == second.status_code == 200
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert _metric(metrics, "sam_embedding_cache_hits") >= 1
+
+
+def middle_threshold(folder, image, text, **boxes) -> str:
+    """A threshold, as an annotator would type it, that keeps about half of SAM 3's candidates.
+
+    Random weights score every candidate close to 0.25, so SAM 3's default of 0.5 would keep none.
+    """
+    scores = [score for score, _ in concept_reference(folder, image, text, 0.0, **boxes)]
+    return f"{np.quantile(scores, 0.5):.6f}"
+
+
+def test_concept_returns_every_instance_above_the_threshold(backends, folders, image_host):
+    image = scene(90, 60, seed=7)
+    url = image_host.add_image("/data/upload/1/concept.png", image)
+    client, _ = backends["SAM3"]
+    threshold = middle_threshold(folders["SAM3"], image, "person")
+    expected = concept_reference(folders["SAM3"], image, "person", float(threshold))
+    result = post(client, concept_body(url, [textarea("person"), textarea(threshold)], task_id=11))
+    assert len(result) == len(expected) > 0
+    assert [round(r["score"], 4) for r in result] == [round(score, 4) for score, _ in expected]
+    for region, (_, mask) in zip(result, expected):
+        assert region["value"]["brushlabels"] == ["person"]
+        assert np.array_equal(decode_brush_region(region), mask)
+
+
+def test_score_threshold_is_the_default_for_concepts(folders, image_host):
+    from _wsgi import build_app
+    from settings import Settings
+
+    image = scene(90, 60, seed=6)
+    url = image_host.add_image("/data/upload/1/default-threshold.png", image)
+    threshold = middle_threshold(folders["SAM3"], image, "person")
+    settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]),
+                                 SCORE_THRESHOLD=threshold, LABEL_STUDIO_URL=image_host.url,
+                                 LABEL_STUDIO_API_KEY=image_host.token)
+    result = post(build_app(settings).test_client(), concept_body(url, [textarea("person")]))
+    assert len(result) == len(concept_reference(folders["SAM3"], image, "person", float(threshold))) > 0
+
+
+def test_typed_threshold_refilters_without_running_the_detector(backends, folders, image_host):
+    image = scene(90, 60, seed=8)
+    url = image_host.add_image("/data/upload/1/threshold.png", image)
+    client, _ = backends["SAM3"]
+    scores = sorted(score for score, _ in concept_reference(folders["SAM3"], image, "car", 0.0))
+    high, low = f"{scores[-3]:.7f}", f"{np.quantile(scores, 0.3):.7f}"
+    runs = _detector_runs(client)
+    strict = post(client, concept_body(url, [textarea("car"), textarea(high)], task_id=12))
+    after_first = _detector_runs(client)
+    loose = post(client, concept_body(url, [textarea(low)], task_id=12))  # the concept typed before stays
+    assert after_first == runs + 1 and _detector_runs(client) == after_first
+    assert 0 < len(strict) < len(loose)
+    assert all(region["score"] > float(low) - 1e-4 for region in loose)
+    assert all(region["value"]["brushlabels"] == ["car"] for region in loose)
+
+
+def test_positive_and_negative_boxes_refine_the_concept(backends, folders, image_host):
+    image = scene(90, 60, seed=9)
+    url = image_host.add_image("/data/upload/1/boxes.png", image)
+    client, _ = backends["SAM3"]
+    negative = copy.deepcopy(rectangle(60, 10, 30, 40, width=90, height=60, label="person"))
+    negative["is_positive"] = False
+    boxes = {"boxes": [pixels((5, 10, 45, 60), 90, 60), pixels((60, 10, 90, 50), 90, 60)], "box_labels": [1, 0]}
+    threshold = middle_threshold(folders["SAM3"], image, "person", **boxes)
+    regions = [textarea("person"), textarea(threshold),
+               rectangle(5, 10, 40, 50, width=90, height=60, label="person"), negative]
+    result = post(client, concept_body(url, regions, task_id=13))
+    expected = concept_reference(folders["SAM3"], image, "person", float(threshold), **boxes)
+    assert len(result) == len(expected) > 0
+    without_boxes = concept_reference(folders["SAM3"], image, "person", float(threshold))
+    assert [score for score, _ in expected] != [score for score, _ in without_boxes]
+    assert [round(r["score"], 4) for r in result] == [round(score, 4) for score, _ in expected]
+    for region, (_, mask) in zip(result, expected):
+        assert np.array_equal(decode_brush_region(region), mask)
+
+
+def test_a_rectangle_label_names_the_concept(backends, folders, image_host):
+    image = scene(90, 60, seed=10)
+    url = image_host.add_image("/data/upload/1/label.png", image)
+    client, _ = backends["SAM3"]
+    boxes = {"boxes": [pixels((5, 10, 45, 60), 90, 60)], "box_labels": [1]}
+    threshold = middle_threshold(folders["SAM3"], image, "car", **boxes)
+    result = post(client, concept_body(url, [rectangle(5, 10, 40, 50, width=90, height=60, label="car"),
+                                             textarea(threshold)], task_id=14))
+    expected = concept_reference(folders["SAM3"], image, "car", float(threshold), **boxes)
+    assert len(result) == len(expected) > 0
+    assert [round(r["score"], 4) for r in result] == [round(score, 4) for score, _ in expected]
+    assert all(region["value"]["brushlabels"] == ["car"] for region in result)
+
+
+def test_sam3_clicks_go_to_the_tracker(backends, folders, image_host):
+    image = scene(96, 72, seed=11)
+    url = image_host.add_image("/data/upload/1/tracker.png", image)
+    client, _ = backends["SAM3"]
+    result = post(client, concept_body(url, [keypoint(40, 50, width=96, height=72, label="person")], task_id=15))
+    expected = prompt_reference(folders["SAM3"], "SAM3", image, [[40 * 96 / 100, 50 * 72 / 100]], [1])
+    assert len(result) == 1 and np.array_equal(decode_brush_region(result[0]), expected)
+
+
+def test_a_threshold_with_no_concept_is_a_clear_400(backends, image_host):
+    url = image_host.add_image("/data/upload/1/noconcept.png", scene(40, 30, seed=12))
+    client, _ = backends["SAM3"]
+    response = client.post("/predict", json=concept_body(url, [textarea("0.4")], task_id=16))
+    assert response.status_code == 400
+    assert "concept" in response.get_json()["error"]
+
+
+def test_sam2_ignores_text_and_says_what_it_needs(backends, image_host):
+    url = image_host.add_image("/data/upload/1/sam2-text.png", scene(40, 30, seed=13))
+    client, _ = backends["SAM2"]
+    response = client.post("/predict", json=concept_body(url, [textarea("person")]))
+    assert response.status_code == 400
+    assert "keypointlabels" in response.get_json()["error"]
+
+
+def _detector_runs(client) -> float:
+    return _metric(client.get("/metrics").get_data(as_text=True), "sam_decoder_seconds_count")
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
