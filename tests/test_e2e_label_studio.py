@@ -325,3 +325,48 @@ def exported_file(payload: bytes, name: str) -> bytes:
     archive = zipfile.ZipFile(io.BytesIO(payload))
     (member,) = [member for member in archive.namelist() if member.endswith(name)]
     return archive.read(member)
+
+
+@pytest.fixture(scope="session")
+def sam3_project(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[E2EProject, Path]]:
+    """A concept project (TextArea + BrushLabels) connected to a SAM_CHOICE=SAM3 backend on a tiny SAM 3 folder."""
+    from hf_checkpoints import save_sam3_folder
+    from test_sam2_sam3 import CONCEPT_CONFIG
+
+    folder = save_sam3_folder(tmp_path_factory.mktemp("sam3") / "sam3")
+    env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folder), "DEVICE": "cpu",
+           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
+    backend = BackendProcess(env, log_path=tmp_path_factory.mktemp("backend-sam3") / "backend.log")
+    try:
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        image = scene(120, 90, seed=4)
+        image_path = tmp_path_factory.mktemp("upload-sam3") / "concept.png"
+        Image.fromarray(image).save(image_path)
+        project_id = label_studio.create_project("sam-ls-backend SAM 3 e2e", CONCEPT_CONFIG)
+        task_id = label_studio.import_image(project_id, image_path)
+        ml_id = label_studio.connect_ml_backend(project_id, backend.url)
+        yield E2EProject(label_studio, project_id, ml_id, task_id, image, Path()), folder
+    finally:
+        backend.stop()
+
+
+def test_sam3_concept_typed_in_label_studio_gives_every_instance(sam3_project: tuple[E2EProject, Path]) -> None:
+    """A concept typed in the TextArea comes back through LS as one scored brush region per instance, each
+    equal to Sam3Processor's mask, and the regions save as an annotation."""
+    from test_sam2_sam3 import concept_reference, middle_threshold, textarea
+
+    project, folder = sam3_project
+    threshold = middle_threshold(folder, project.image, "person")
+    expected = concept_reference(folder, project.image, "person", float(threshold))
+    answer = project.label_studio.interactive_annotating(
+        project.ml_id, project.task_id, [textarea("person"), textarea(threshold)])
+    assert "data" in answer, f"Label Studio reported a backend failure: {answer}"
+    regions = answer["data"]["result"]
+    assert len(regions) == len(expected) > 1
+    for region, (score, mask) in zip(regions, expected):
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["person"]
+        assert region["score"] == pytest.approx(score, abs=1e-4)
+        assert np.array_equal(decode_brush_region(region), mask)
+    created = project.label_studio.create_annotation(project.task_id, regions)
+    saved = project.label_studio.get_task(project.task_id)["annotations"]
+    assert [len(a["result"]) for a in saved if a["id"] == created["id"]] == [len(regions)]
