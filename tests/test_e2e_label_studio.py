@@ -328,7 +328,9 @@ def exported_file(payload: bytes, name: str) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def sam3_project(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[E2EProject, Path]]:
+def sam3_project(
+    label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[E2EProject, Path]]:
     """A concept project (TextArea + BrushLabels) connected to a SAM_CHOICE=SAM3 backend on a tiny SAM 3 folder."""
     from hf_checkpoints import save_sam3_folder
     from test_sam2_sam3 import CONCEPT_CONFIG
