@@ -102,8 +102,8 @@ class HfPromptPredictor:
 
 def import_transformers(settings: Settings) -> Any:
     """`transformers`, made unable to reach the network before it is first imported (HF_HUB_OFFLINE)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # weights, configs and the tokenizer come from the folder only
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
         import torch
         import transformers

@@ -10,6 +10,7 @@ import copy
 
 import numpy as np
 import pytest
+import requests
 import torch
 
 from conftest import scene
@@ -252,6 +253,31 @@ def test_sam2_ignores_text_and_says_what_it_needs(backends, image_host):
     response = client.post("/predict", json=concept_body(url, [textarea("person")]))
     assert response.status_code == 400
     assert "keypointlabels" in response.get_json()["error"]
+
+
+def test_the_server_never_asks_the_hub(folders, image_host, tmp_path):
+    """Started with the hub allowed and pointed at a recording server, a SAM 3 backend loads, answers a concept
+    and a click, and never sends the hub a request (no weights, no config, no CLIP vocabulary)."""
+    from backend_process import BackendProcess
+    from fake_server import FakeServer
+
+    hub = FakeServer()
+    try:
+        env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folders["SAM3"]), "HF_HUB_OFFLINE": "0",
+               "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
+               "LABEL_STUDIO_URL": image_host.url, "LABEL_STUDIO_API_KEY": image_host.token}
+        backend = BackendProcess(env, log_path=tmp_path / "backend.log")
+        try:
+            backend.wait_ready()
+            url = image_host.add_image("/data/upload/1/offline.png", scene(60, 40, seed=14))
+            for regions in ([textarea("dog")], [keypoint(30, 30, width=60, height=40)]):
+                response = requests.post(f"{backend.url}/predict", json=concept_body(url, regions), timeout=60)
+                assert response.status_code == 200, response.text
+        finally:
+            backend.stop()
+        assert hub.connections == 0 and hub.seen == []
+    finally:
+        hub.close()
 
 
 def _detector_runs(client) -> float:
