@@ -17,18 +17,24 @@ configured_checkpoint() {
 from settings import Settings
 
 settings = Settings.from_env()
-if settings.sam_choice in ("MobileSAM", "SAM"):
+if settings.sam_choice in ("MobileSAM", "SAM", "SAM2", "SAM3"):
     print(settings.checkpoint_path)
 EOF
 }
 
-# Which download_models.sh model provides this file, if it is an official checkpoint name.
+# Which download_models.sh model provides this file (or Hugging Face folder), if it has an official name.
+# SAM 3 is gated: its download needs HF_TOKEN in the container's environment.
 model_for() {
     case "$(basename -- "$1")" in
         mobile_sam.pt) echo "mobile_sam" ;;
         sam_vit_b_01ec64.pth) echo "vit_b" ;;
         sam_vit_l_0b3195.pth) echo "vit_l" ;;
         sam_vit_h_4b8939.pth) echo "vit_h" ;;
+        sam2.1-hiera-tiny) echo "sam2" ;;
+        sam2.1-hiera-small) echo "sam2-small" ;;
+        sam2.1-hiera-base-plus) echo "sam2-base-plus" ;;
+        sam2.1-hiera-large) echo "sam2-large" ;;
+        sam3) echo "sam3" ;;
         *) return 1 ;;
     esac
 }

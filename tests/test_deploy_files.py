@@ -157,6 +157,16 @@ def test_the_entrypoint_knows_exactly_the_official_checkpoints():
     assert {defaults.mobilesam_checkpoint, defaults.sam_checkpoint} <= in_manifest
 
 
+def test_the_entrypoint_fetches_the_default_hugging_face_folders():
+    """SAM2 / SAM3 folders it can fetch are the settings' defaults and models download_models.sh knows."""
+    folders = dict(re.findall(r'^\s+(sam[23][\w.-]*)\) echo "([\w-]+)"', ENTRYPOINT.read_text(), flags=re.M))
+    defaults = settings.Settings()
+    assert {defaults.sam2_model_dir: "sam2", defaults.sam3_model_dir: "sam3"}.items() <= folders.items()
+    usage = subprocess.run(["bash", str(ROOT / "download_models.sh"), "--help"], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert all(re.search(rf"^\s+{model}\s", usage, flags=re.M) for model in folders.values())
+
+
 def test_dockerignore_keeps_weights_and_environments_out():
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
