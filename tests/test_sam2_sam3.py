@@ -133,6 +133,40 @@ def test_clicks_and_boxes_match_transformers(backends, folders, image_host, choi
     assert np.array_equal(decode_brush_region(result[0]), expected)
 
 
+@torch.inference_mode()
+def test_sam2_refines_a_growing_click_set_with_its_previous_answer(backends, folders, image_host):
+    """The second round of clicks is decoded with the first round's logits as mask input, as SAM 2 refines."""
+    image = scene(96, 72, seed=15)
+    url = image_host.add_image("/data/upload/1/sam2-refine.png", image)
+    client, _ = backends["SAM2"]
+    first = [keypoint(40, 50, width=96, height=72)]
+    second = first + [keypoint(60, 40, positive=False, width=96, height=72)]
+    post(client, predict_body(url, first, task_id=21))
+    [region] = post(client, predict_body(url, second, task_id=21))
+    model = transformers.Sam2Model.from_pretrained(folders["SAM2"], local_files_only=True).eval()
+    processor = transformers.Sam2Processor.from_pretrained(folders["SAM2"], local_files_only=True)
+    one = processor(images=image, input_points=[[[[38.4, 36.0]]]], input_labels=[[[1]]], return_tensors="pt")
+    answer = model(**one, multimask_output=True)
+    previous = answer.pred_masks[0, 0, int(torch.argmax(answer.iou_scores[0, 0]))]
+    two = processor(images=image, input_points=[[[[38.4, 36.0], [57.6, 28.8]]]], input_labels=[[[1, 0]]],
+                    return_tensors="pt")
+    refined = model(**two, input_masks=previous[None, None], multimask_output=False)
+    expected = processor.post_process_masks(refined.pred_masks, two["original_sizes"])[0][0, 0].numpy()
+    fresh = prompt_reference(folders["SAM2"], "SAM2", image, [[38.4, 36.0], [57.6, 28.8]], [1, 0])
+    assert not np.array_equal(expected, fresh), "pick clicks where the mask input changes the answer"
+    assert np.array_equal(decode_brush_region(region), expected)
+
+
+def test_sam2_answers_polygons_too(backends, image_host):
+    url = image_host.add_image("/data/upload/1/sam2-polygon.png", scene(96, 72, seed=16))
+    client, _ = backends["SAM2"]
+    body = predict_body(url, [keypoint(40, 50, width=96, height=72)])
+    body["label_config"] = body["label_config"].replace("BrushLabels", "PolygonLabels")
+    result = post(client, body)
+    assert result and all(region["type"] == "polygonlabels" and len(region["value"]["points"]) >= 3
+                          for region in result)
+
+
 def test_sam2_click_reuses_the_embedding(backends, image_host, folders):
     client, _ = backends["SAM2"]
     url = image_host.add_image("/data/upload/1/sam2-warm.png", scene(80, 64, seed=5))
