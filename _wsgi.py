@@ -55,12 +55,13 @@ def build_app(settings: Settings):
     from model import SamBackend
     from server import create_app
 
-    concepts = None
-    if settings.sam_choice == "SAM3":
-        from sam3_concepts import load_concept_segmenter
+    predictor, concepts = load_model(settings), None
+    if settings.sam_choice == "SAM3":  # concepts go to SAM 3's detector, clicks to its tracker (the predictor)
+        from sam3_concepts import load_concept_segmenter, share_backbone
 
         concepts = load_concept_segmenter(settings)
-    return create_app(settings, SamBackend(settings, load_model(settings), concepts=concepts))
+        share_backbone(concepts, predictor)
+    return create_app(settings, SamBackend(settings, predictor, concepts=concepts))
 
 
 def load_model(settings: Settings):

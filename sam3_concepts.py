@@ -37,6 +37,20 @@ def load_concept_segmenter(settings: Settings) -> "ConceptSegmenter":
     return ConceptSegmenter(model, processor)
 
 
+def share_backbone(concepts: "ConceptSegmenter", tracker: Any) -> bool:
+    """Let SAM 3's tracker use the detector's vision backbone when the weights are the same (they are in the
+    published checkpoint): one copy of the ViT instead of two, about 1.8 GB less in float32."""
+    import torch
+
+    mine, theirs = concepts.model.vision_encoder.backbone, tracker.model.vision_encoder.backbone
+    ours, others = mine.state_dict(), theirs.state_dict()
+    if ours.keys() != others.keys() or not all(torch.equal(ours[name], others[name]) for name in ours):
+        log.info("SAM 3's tracker has a vision backbone of its own: both are kept")
+        return False
+    tracker.model.vision_encoder.backbone = mine
+    return True
+
+
 @dataclass(frozen=True)
 class Detections:
     """Every candidate instance of one concept on one image, best first (at most MAX_CANDIDATES)."""

@@ -273,6 +273,23 @@ def test_sam3_clicks_go_to_the_tracker(backends, folders, image_host):
     assert len(result) == 1 and np.array_equal(decode_brush_region(result[0]), expected)
 
 
+def test_sam3_tracker_and_detector_share_one_vision_backbone(folders):
+    """The published checkpoint gives both the same ViT: one copy is kept, unless the weights differ."""
+    from hf_sam import load_prompt_predictor
+    from sam3_concepts import load_concept_segmenter, share_backbone
+    from settings import Settings
+
+    settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]))
+    concepts, tracker = load_concept_segmenter(settings), load_prompt_predictor(settings)
+    assert share_backbone(concepts, tracker)
+    assert tracker.model.vision_encoder.backbone is concepts.model.vision_encoder.backbone
+    altered, other = load_concept_segmenter(settings), load_prompt_predictor(settings)
+    with torch.no_grad():
+        next(altered.model.vision_encoder.backbone.parameters()).add_(1.0)
+    assert not share_backbone(altered, other)
+    assert other.model.vision_encoder.backbone is not altered.model.vision_encoder.backbone
+
+
 def test_a_threshold_with_no_concept_is_a_clear_400(backends, image_host):
     url = image_host.add_image("/data/upload/1/noconcept.png", scene(40, 30, seed=12))
     client, _ = backends["SAM3"]
