@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 100  # instances kept per concept, best first; SAM 3 proposes 200 queries
 MASK_THRESHOLD = 0.5  # on the sigmoid of the mask logits, as Sam3Processor binarises
+REMEMBERED_TEXTS = 256  # encoded concepts kept: annotators reuse a few concepts across many images
 
 
 def load_concept_segmenter(settings: Settings) -> "ConceptSegmenter":
@@ -82,6 +84,8 @@ class ConceptSegmenter:
         self.processor = processor
         self._encoder_lock = threading.Lock()
         self._positions: tuple[Any, ...] | None = None  # the same for every image: computed once
+        self._texts: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # concept -> (text features, mask)
+        self._texts_lock = threading.Lock()
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Run SAM 3's vision encoder on an H×W×3 uint8 RGB image; keeps its feature pyramid."""
@@ -104,25 +108,44 @@ class ConceptSegmenter:
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         height, width = embedding.original_size
-        prompt: dict[str, Any] = {"text": text}
-        if boxes:
-            prompt.update(input_boxes=[[list(box) for box in boxes]], input_boxes_labels=[list(box_labels)],
-                          original_sizes=[[height, width]])
-        inputs = self.processor(return_tensors="pt", **prompt)
         device = self.model.device
         if self._positions is None:
             raise RuntimeError("embed an image before detecting concepts on it")
         vision = Sam3VisionEncoderOutput(
             fpn_hidden_states=tuple(torch.as_tensor(a, device=device).to(self.model.dtype) for a in embedding.arrays),
             fpn_position_encoding=self._positions)
-        arguments = {name: inputs[name].to(device) for name in
-                     ("input_ids", "attention_mask", "input_boxes", "input_boxes_labels") if name in inputs}
+        text_features, attention_mask = self._encoded(text)
+        arguments: dict[str, Any] = {}
+        if boxes:
+            inputs = self.processor(input_boxes=[[list(box) for box in boxes]], input_boxes_labels=[list(box_labels)],
+                                    original_sizes=[[height, width]], return_tensors="pt")
+            arguments = {name: inputs[name].to(device) for name in ("input_boxes", "input_boxes_labels")}
         with torch.inference_mode():
-            output = self.model(vision_embeds=vision, **arguments)
+            output = self.model(vision_embeds=vision, text_embeds=text_features, attention_mask=attention_mask,
+                                **arguments)
         scores = (output.pred_logits[0].float().sigmoid() * output.presence_logits[0].float().sigmoid()).cpu()
         order = torch.argsort(scores, descending=True)[:MAX_CANDIDATES]
         logits = output.pred_masks[0][order.to(device)].float().cpu().numpy()
         return Detections(scores=scores[order].numpy(), mask_logits=logits, original_size=embedding.original_size)
+
+    def _encoded(self, text: str) -> tuple[Any, Any]:
+        """The text encoder's output for a concept, computed once per concept (least recently used out)."""
+        import torch
+
+        with self._texts_lock:
+            if text in self._texts:
+                self._texts.move_to_end(text)
+                return self._texts[text]
+        inputs = self.processor(text=text, return_tensors="pt")
+        mask = inputs["attention_mask"].to(self.model.device)
+        with torch.inference_mode():
+            features = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.model.device),
+                                                    attention_mask=mask)
+        with self._texts_lock:
+            self._texts[text] = (features, mask)
+            while len(self._texts) > REMEMBERED_TEXTS:
+                self._texts.popitem(last=False)
+        return features, mask
 
     def instances(self, detections: Detections, threshold: float) -> list[Instance]:
         """The detections scoring above `threshold`, with masks upscaled to the image as Sam3Processor does."""
