@@ -331,6 +331,31 @@ def test_the_server_never_asks_the_hub(folders, image_host, tmp_path):
         hub.close()
 
 
+def test_no_concept_request_is_a_500(backends, image_host):
+    """Whatever textarea, rectangle and keypoint regions hold, SAM 3 answers 200 or a 4xx naming the problem."""
+    from hypothesis import HealthCheck, given, settings as examples, strategies as st
+    from test_region_properties import ANY_REGION, JSON
+
+    url = image_host.add_image("/data/upload/1/hostile-concepts.png", scene(48, 36, seed=17))
+    client, _ = backends["SAM3"]
+    text = st.one_of(st.lists(st.text(max_size=30), max_size=3), st.text(max_size=300), JSON,
+                     st.sampled_from([["0.2"], ["1e400"], ["nan"], ["-0.5"], [" "], ["car"]]))
+    typed = st.fixed_dictionaries({"type": st.just("textarea")}, optional={
+        "to_name": st.sampled_from(["image", "elsewhere", "", None]), "value": st.one_of(
+            st.fixed_dictionaries({"text": text}), JSON)})
+
+    @examples(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                      HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.one_of(typed, ANY_REGION), max_size=4))
+    def check(regions):
+        response = client.post("/predict", json=concept_body(url, regions, task_id=99))
+        assert response.status_code in (200, 400, 413, 422), response.get_data(as_text=True)[:300]
+        if response.status_code != 200:
+            assert response.get_json()["error"]
+
+    check()
+
+
 def _detector_runs(client) -> float:
     return _metric(client.get("/metrics").get_data(as_text=True), "sam_decoder_seconds_count")
 
