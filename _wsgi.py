@@ -52,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_app(settings: Settings):
     """Load the model and wire the Flask app around it (once per worker process)."""
-    from model import SamBackend
     from server import create_app
+
+    return create_app(settings, load_backend(settings))
+
+
+def load_backend(settings: Settings):
+    """The backend SAM_CHOICE names, with its model loaded (SAM 3: the concept detector and the tracker)."""
+    from model import SamBackend
 
     predictor, concepts = load_model(settings), None
     if settings.sam_choice == "SAM3":  # concepts go to SAM 3's detector, clicks to its tracker (the predictor)
@@ -61,7 +67,7 @@ def build_app(settings: Settings):
 
         concepts = load_concept_segmenter(settings)
         share_backbone(concepts, predictor)
-    return create_app(settings, SamBackend(settings, predictor, concepts=concepts))
+    return SamBackend(settings, predictor, concepts=concepts)
 
 
 def load_model(settings: Settings):

@@ -85,6 +85,11 @@ class SamBackend:
         self._schemas: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def first_embeddings(self) -> ImageEmbeddings:
+        """The embeddings a task's first prompt most likely needs: SAM 3's concept features, else the predictor's."""
+        return self.concept_embeddings if self.concepts is not None else self.embeddings
+
     def setup(self, body: Any) -> dict:
         """Remember the project's config and Label Studio's address; never loads weights (LS waits 3 s)."""
         if not isinstance(body, dict):
@@ -216,13 +221,12 @@ class SamBackend:
     def _warm(self, tasks: list[dict], config: LabelConfig) -> int:
         """Queue the images of opened tasks for embedding, so the first click finds them ready."""
         queued = 0
-        warmed = self.concept_embeddings if self.concepts is not None else self.embeddings  # SAM 3: concepts first
         for task in tasks[: self.settings.warm_max_tasks]:
             for to_name in config.masked_images:
                 url = task["data"].get(config.image_fields.get(to_name, ""))
                 if isinstance(url, str) and url.strip():
                     task_id = task.get("id")
-                    queued += warmed.warm(url.strip(), task_id if isinstance(task_id, int) else None)
+                    queued += self.first_embeddings.warm(url.strip(), task_id if isinstance(task_id, int) else None)
         return queued
 
     def _parse_predict(self, body: Any) -> tuple[list[dict], list | None, LabelConfig]:

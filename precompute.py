@@ -37,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                               "already warms a task's image when the task is opened)")
         if not settings.label_studio_url or not settings.label_studio_api_key:
             raise ConfigError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the project's tasks")
-        from _wsgi import load_model
-        from model import SamBackend
+        from _wsgi import load_backend
 
-        backend = SamBackend(settings, load_model(settings))
+        backend = load_backend(settings)
         counts = precompute(backend, args.project, args.limit)
     except BackendError as error:
         print(f"error: {error.message}", file=sys.stderr)
@@ -65,7 +64,7 @@ def precompute(backend, project: int, limit: int = 0) -> dict[str, int]:
             if not isinstance(url, str) or not url.strip():
                 continue
             try:
-                _, source = backend.embeddings.get(url.strip(), task.get("id"))
+                _, source = backend.first_embeddings.get(url.strip(), task.get("id"))
                 counts["encoded" if source == "encoder" else "already shared"] += 1
             except BackendError as error:
                 counts["failed"] += 1

@@ -290,6 +290,29 @@ def test_sam3_tracker_and_detector_share_one_vision_backbone(folders):
     assert other.model.vision_encoder.backbone is not altered.model.vision_encoder.backbone
 
 
+def test_opening_a_task_warms_sam3_concept_features(folders, image_host):
+    """With SAM 3, a task opened (a /predict without context) embeds its image for concepts in the background,
+    so the first concept typed runs no image encoder."""
+    import time
+
+    from _wsgi import load_backend
+    from server import create_app
+    from settings import Settings
+
+    settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]),
+                                 LABEL_STUDIO_URL=image_host.url, LABEL_STUDIO_API_KEY=image_host.token)
+    backend = load_backend(settings)
+    client = create_app(settings, backend).test_client()
+    url = image_host.add_image("/data/upload/1/warm-concepts.png", scene(64, 48, seed=18))
+    opened = client.post("/predict", json=concept_body(url, None, task_id=31))
+    assert opened.status_code == 200 and opened.get_json()["results"] == [[]]
+    deadline = time.monotonic() + 60
+    while backend.concept_embeddings.sources()["encoder"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    post(client, concept_body(url, [textarea("cat")], task_id=31))
+    assert backend.concept_embeddings.sources() == {"memory": 1, "shared": 0, "encoder": 1}
+
+
 def test_a_threshold_with_no_concept_is_a_clear_400(backends, image_host):
     url = image_host.add_image("/data/upload/1/noconcept.png", scene(40, 30, seed=12))
     client, _ = backends["SAM3"]
