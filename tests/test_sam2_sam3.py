@@ -133,6 +133,18 @@ def test_clicks_and_boxes_match_transformers(backends, folders, image_host, choi
     assert np.array_equal(decode_brush_region(result[0]), expected)
 
 
+def test_sam2_segments_several_objects_at_once(backends, folders, image_host):
+    image = scene(96, 72, seed=19)
+    url = image_host.add_image("/data/upload/1/sam2-two.png", image)
+    client, _ = backends["SAM2"]
+    boxes = [(10, 20, 30, 40), (50, 10, 40, 50)]
+    result = post(client, predict_body(url, [rectangle(*box, width=96, height=72) for box in boxes]))
+    assert len(result) == 2
+    for region, (x, y, w, h) in zip(result, boxes):
+        expected = prompt_reference(folders["SAM2"], "SAM2", image, box=pixels((x, y, x + w, y + h), 96, 72))
+        assert np.array_equal(decode_brush_region(region), expected)
+
+
 @torch.inference_mode()
 def test_sam2_refines_a_growing_click_set_with_its_previous_answer(backends, folders, image_host):
     """The second round of clicks is decoded with the first round's logits as mask input, as SAM 2 refines."""
