@@ -1,15 +1,27 @@
-"""Masks as Label Studio result regions: one `brushlabels` region, or one `polygonlabels` region per part."""
+"""Masks as Label Studio result regions: one `brushlabels` region, or one `polygonlabels` region per part.
+
+A brush region's RLE, up to a million ints for a 12-megapixel mask, is held as its JSON text (`JsonText`),
+which the server writes into the response as is: NumPy writes it ~10× faster than json.dumps would.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from brush_rle import encode_rle
+from brush_rle import encode_rle_bytes, rle_json
 from label_config import MaskControl
 from polygons import PolygonOptions, mask_to_polygons, polygon_to_percent
+
+
+@dataclass(frozen=True)
+class JsonText:
+    """A value already encoded as JSON; the server's JSON encoder writes `text` in its place."""
+
+    text: str
 
 
 def to_results(mask: np.ndarray, label: str | None, controls: Sequence[MaskControl], to_name: str, score: float,
@@ -28,7 +40,8 @@ def to_brush_result(mask: np.ndarray, label: str | None, control: MaskControl, t
                     score: float) -> dict:
     """A `brushlabels` region painting `mask` (H×W bool) with `label` on image `to_name`."""
     return _region(mask.shape, control, to_name, score, "brushlabels",
-                   {"format": "rle", "rle": encode_rle(mask), "brushlabels": _labels(label, control)})
+                   {"format": "rle", "rle": JsonText(rle_json(encode_rle_bytes(mask))),
+                    "brushlabels": _labels(label, control)})
 
 
 def to_polygon_results(mask: np.ndarray, label: str | None, control: MaskControl, to_name: str, score: float,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import secrets
 import time
 from dataclasses import asdict
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
@@ -17,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 import metrics as model_metrics
 from errors import BackendError, InvalidRequest
 from model import PredictStats, SamBackend
+from results import JsonText
 from settings import Settings
 
 log = logging.getLogger("sam_ls_backend.http")
@@ -28,6 +31,7 @@ LOGGED_ERROR_CHARS = 300
 def create_app(settings: Settings, backend: SamBackend) -> Flask:
     """A Flask app serving `backend`; tests build one per case, `_wsgi.py` builds the served one."""
     app = Flask("sam_ls_backend")
+    app.json = _JsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.request_max_mb * 2**20
     metrics = _Metrics(backend)
 
@@ -154,13 +158,36 @@ def _log_request(route: str, response: Response, elapsed: float) -> None:
 
 
 def _prompt_kind(stats: PredictStats | None) -> str:
-    """What a /predict asked for: a task opened, clicks, a box, or a box with clicks; "-" for other routes."""
+    """What a /predict asked for: a task opened, a SAM 3 concept, clicks, a box, or a box with clicks; "-" for
+    other routes."""
     if stats is None:
         return "-"
     if not stats.interactive:
         return "open"
+    if stats.concepts:
+        return "concept"
     return {(True, False): "points", (False, True): "box", (True, True): "box+points"}.get(
         (stats.points > 0, stats.boxes > 0), "invalid")
+
+
+class _JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, writing each `JsonText` value (a brush RLE, see results.py) as its ready-made text."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        texts: list[str] = []
+        marker = secrets.token_hex(16)  # a string no request can contain by chance or by design
+
+        def default(value: Any) -> Any:
+            if isinstance(value, JsonText):
+                texts.append(value.text)  # the encoder meets values in document order
+                return marker
+            return self.default(value)
+
+        pieces = super().dumps(obj, default=default, **kwargs).split(f'"{marker}"')
+        spliced = [pieces[0]]
+        for text, piece in zip(texts, pieces[1:]):
+            spliced += (text, piece)
+        return "".join(spliced)
 
 
 class _Metrics:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from brush_rle import MAX_PIXELS, encode_rle
+from brush_rle import MAX_PIXELS, encode_rle, encode_rle_bytes, rle_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,6 +138,12 @@ def test_run_lengths_at_the_field_edges_and_beyond_the_16_bit_field(run: int) ->
         assert np.array_equal(decoded(rle, mask.shape)[..., 0], mask * 255)
 
 
+def test_several_runs_beyond_the_16_bit_field_among_short_ones() -> None:
+    runs = [3, 70_000, 1, 2, 300_000, 5, 16_385, 16_384, 64, 65, 1]
+    mask = np.repeat(np.arange(len(runs)) % 2 == 1, runs)[None, :]
+    assert encode_rle(mask) == sdk_rle(mask)
+
+
 def test_alternating_pixels() -> None:
     mask = np.indices((31, 33)).sum(axis=0) % 2 == 0
     assert encode_rle(mask) == sdk_rle(mask)
@@ -169,6 +175,20 @@ def test_the_result_is_a_json_list_of_plain_ints() -> None:
     rle = encode_rle(np.eye(9, dtype=bool))
     assert all(type(byte) is int and 0 <= byte <= 255 for byte in rle)
     assert json.loads(json.dumps(rle)) == rle
+
+
+@PROPERTY
+@given(masks())
+def test_the_bytes_and_the_json_text_are_those_of_the_list(mask: np.ndarray) -> None:
+    rle = encode_rle(mask)
+    assert encode_rle_bytes(mask) == bytes(rle)
+    assert rle_json(bytes(rle)) == json.dumps(rle, separators=(",", ":"))
+
+
+def test_the_json_text_of_every_byte_value() -> None:
+    every = bytes(range(256)) + bytes(range(255, -1, -1))
+    assert rle_json(every) == json.dumps(list(every), separators=(",", ":"))
+    assert (rle_json(b""), rle_json(b"\0"), rle_json(b"\xff")) == ("[]", "[0]", "[255]")
 
 
 def test_a_mask_without_pixels_is_the_bare_header() -> None:

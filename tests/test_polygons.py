@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from brush_rle import encode_rle
 from label_config import MaskControl
 from polygons import PolygonOptions, mask_to_polygons, polygon_to_percent, remove_small_regions
 from results import to_results
@@ -149,6 +152,9 @@ def test_results_follow_the_controls_one_polygon_region_per_part(controls, kinds
     for region in regions:
         assert (region["original_width"], region["original_height"]) == (80, 40)
         assert region["to_name"] == "image" and region["score"] == 0.87
+    for region in (r for r in regions if r["type"] == "brushlabels"):
+        assert region["from_name"] == "tag" and region["value"]["brushlabels"] == ["Cat"]
+        assert json.loads(region["value"]["rle"].text) == encode_rle(mask)  # JSON text the server writes as is
     polygons = [r for r in regions if r["type"] == "polygonlabels"]
     for region in polygons:
         assert region["from_name"] == "poly" and region["value"]["closed"] is True

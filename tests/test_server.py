@@ -51,6 +51,17 @@ def test_captured_interactive_keypoint_gets_a_brush_region(make_client, served_i
     assert prediction["score"] == pytest.approx(region["score"])
 
 
+def test_brush_answers_are_byte_for_byte_the_json_flask_writes(make_client, image_host):
+    """Each RLE's ready-made JSON text (results.JsonText) lands where json.dumps would have written the list."""
+    client, _ = make_client()
+    url = image_host.add_image("/data/upload/1/json-text.png", scene(640, 480, seed=5))
+    regions = [rectangle(5, 5, 40, 50), rectangle(50, 30, 45, 60)]  # two objects: two RLEs
+    response = client.post("/predict", json=predict_body(url, regions))
+    assert response.status_code == 200, response.json
+    assert [region["type"] for region in response.json["results"][0]["result"]] == ["brushlabels"] * 2
+    assert response.data == (json.dumps(response.json, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
 def test_opening_tasks_answers_no_prediction_and_warms_the_image(make_client, image_host, encoder_calls):
     """An empty list per task (Label Studio stores nothing), then the image is embedded in the background."""
     client, backend = make_client()
