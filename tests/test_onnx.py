@@ -46,7 +46,7 @@ REGIONS = {
     "boxes and a negative click outside": [rectangle(5, 5, 40, 40), rectangle(50, 50, 40, 40),
                                            keypoint(48, 48, False)],
 }
-TORCH_STACK = {"torch", "torchvision", "segment-anything", "mobilesam-mirror", "timm", "onnx"}
+TORCH_STACK = {"torch", "torchvision", "segment-anything", "mobilesam-mirror", "timm", "onnx", "transformers"}
 
 
 @dataclass(frozen=True)

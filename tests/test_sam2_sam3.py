@@ -240,6 +240,8 @@ def test_typed_threshold_refilters_without_running_the_detector(backends, folder
     assert 0 < len(strict) < len(loose)
     assert all(region["score"] > float(low) - 1e-4 for region in loose)
     assert all(region["value"]["brushlabels"] == ["car"] for region in loose)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert _metric(metrics, 'sam_requests_total{kind="concept",route="/predict",status="200"}') >= 2
 
 
 def test_positive_and_negative_boxes_refine_the_concept(backends, folders, image_host):
