@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import pytest
 
+from fake_server import reply
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "download_models.sh"
 MANIFEST = ROOT / "download_models.sha256"
@@ -63,6 +65,14 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def serve(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, str]:
+    """Serve `handler` on 127.0.0.1 (a port the OS picks) in a daemon thread; the server and its URL via `host`."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://{host}:{httpd.server_address[1]}"
+
+
 class CheckpointServer:
     """Serves a folder on 127.0.0.1 (port chosen by the OS) and records every path requested."""
 
@@ -90,11 +100,7 @@ class CheckpointServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.url = serve(Handler)
 
     def close(self):
         self.httpd.shutdown()
@@ -171,21 +177,12 @@ class HubServer:
                 self.answer(200, data, headers)
 
             def answer(self, status, data=b"", headers=None):
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, data, headers)
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.url = serve(Handler, host)
 
     def revisions(self) -> list[str]:
         return [request.path.split("/")[4] for request in self.requests]
