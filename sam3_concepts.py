@@ -83,9 +83,9 @@ class ConceptSegmenter:
         self.model = model
         self.processor = processor
         self._encoder_lock = threading.Lock()
-        self._positions: tuple[Any, ...] | None = None  # the same for every image: computed once
+        self._positions: dict[tuple, tuple[Any, ...]] = {}  # feature shapes -> their position encodings
         self._texts: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # concept -> (text features, mask)
-        self._texts_lock = threading.Lock()
+        self._texts_lock = threading.Lock()  # guards the text and position tables
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Run SAM 3's vision encoder on an H×W×3 uint8 RGB image; keeps its feature pyramid."""
@@ -95,8 +95,6 @@ class ConceptSegmenter:
         pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
         with self._encoder_lock, torch.inference_mode():
             output = self.model.get_vision_features(pixel_values=pixels)
-            if self._positions is None:
-                self._positions = tuple(output.fpn_position_encoding)
         return Embedding(features=tuple(output.fpn_hidden_states), input_size=tuple(pixels.shape[-2:]),
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
@@ -109,11 +107,8 @@ class ConceptSegmenter:
 
         height, width = embedding.original_size
         device = self.model.device
-        if self._positions is None:
-            raise RuntimeError("embed an image before detecting concepts on it")
-        vision = Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(torch.as_tensor(a, device=device).to(self.model.dtype) for a in embedding.arrays),
-            fpn_position_encoding=self._positions)
+        maps = tuple(torch.as_tensor(a, device=device).to(self.model.dtype) for a in embedding.arrays)
+        vision = Sam3VisionEncoderOutput(fpn_hidden_states=maps, fpn_position_encoding=self._positions_for(maps))
         text_features, attention_mask = self._encoded(text)
         arguments: dict[str, Any] = {}
         if boxes:
@@ -127,6 +122,22 @@ class ConceptSegmenter:
         order = torch.argsort(scores, descending=True)[:MAX_CANDIDATES]
         logits = output.pred_masks[0][order.to(device)].float().cpu().numpy()
         return Detections(scores=scores[order].numpy(), mask_logits=logits, original_size=embedding.original_size)
+
+    def _positions_for(self, maps: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The pyramid's position encodings: they depend on the maps' shapes only (not on the image), so they are
+        computed once per shape, also for features that came from another process through the shared cache."""
+        import torch
+
+        shapes = tuple(tuple(m.shape) for m in maps)
+        with self._texts_lock:
+            found = self._positions.get(shapes)
+        if found is None:
+            encode = self.model.vision_encoder.neck.position_encoding
+            with torch.inference_mode():
+                found = tuple(encode(m.shape, m.device, m.dtype) for m in maps)
+            with self._texts_lock:
+                self._positions[shapes] = found
+        return found
 
     def _encoded(self, text: str) -> tuple[Any, Any]:
         """The text encoder's output for a concept, computed once per concept (least recently used out)."""

@@ -304,6 +304,23 @@ def test_sam3_tracker_and_detector_share_one_vision_backbone(folders):
     assert other.model.vision_encoder.backbone is not altered.model.vision_encoder.backbone
 
 
+def test_concept_features_from_another_process_are_enough(folders):
+    """A replica that gets an image's features from the shared cache detects without ever running its encoder."""
+    from predictor import Embedding
+    from sam3_concepts import load_concept_segmenter
+    from settings import Settings
+
+    settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]))
+    image = scene(70, 50, seed=20)
+    encoded = load_concept_segmenter(settings).embed(image)
+    shared = Embedding(features=tuple(a.cpu().numpy() for a in encoded.arrays), input_size=encoded.input_size,
+                       original_size=encoded.original_size)
+    fresh = load_concept_segmenter(settings)
+    found = fresh.detect(shared, "dog", [], [])
+    expected = concept_reference(folders["SAM3"], image, "dog", 0.0)
+    assert np.allclose(found.scores, [score for score, _ in expected], atol=1e-5)
+
+
 def test_opening_a_task_warms_sam3_concept_features(folders, image_host):
     """With SAM 3, a task opened (a /predict without context) embeds its image for concepts in the background,
     so the first concept typed runs no image encoder."""
