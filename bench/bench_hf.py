@@ -64,8 +64,8 @@ def measure(folders: Path, repeats: int) -> dict[str, list[float]]:
     del mobile
     gc.collect()
 
+    from _wsgi import load_backend
     from hf_sam import load_prompt_predictor
-    from sam3_concepts import load_concept_segmenter, share_backbone
 
     sam2 = folders / "sam2.1-hiera-tiny"
     if not (sam2 / "config.json").is_file():
@@ -79,11 +79,9 @@ def measure(folders: Path, repeats: int) -> dict[str, list[float]]:
     if not (sam3 / "config.json").is_file():
         save_sam3_folder(sam3, size="real")
         gc.collect()
-    settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(sam3))
-    concepts, tracker = load_concept_segmenter(settings), load_prompt_predictor(settings)
-    share_backbone(concepts, tracker)
-    rows.update(concept_rows(concepts, image, encodes, repeats))
-    rows.update(prompt_rows("SAM 3 tracker", tracker, image, click, None, encodes, repeats))
+    backend = load_backend(Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(sam3)))
+    rows.update(concept_rows(backend.concepts, image, encodes, repeats))
+    rows.update(prompt_rows("SAM 3 tracker", backend.predictor, image, click, None, encodes, repeats))
     return rows
 
 
