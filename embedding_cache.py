@@ -6,12 +6,17 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from itertools import islice
 from typing import Callable, Protocol
 
 
 class Sized(Protocol):
     @property
     def nbytes(self) -> int: ...
+
+    def compact(self) -> "Sized":
+        """The same value in less memory (called only when the cache keeps some entries exact)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -26,11 +31,13 @@ class EmbeddingCache:
     """Least-recently-used embeddings, bounded in bytes; each key is computed once even when requests race.
 
     A failed computation is handed to every request waiting on it and leaves nothing behind, so the next
-    request tries again.
+    request tries again. With `exact_entries`, only that many most recently used entries are kept as given;
+    an entry that falls out of them is replaced by its `compact()` form (images nobody is clicking on).
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, exact_entries: int | None = None) -> None:
         self.max_bytes = max_bytes
+        self.exact_entries = exact_entries
         self._entries: OrderedDict[str, Sized] = OrderedDict()
         self._pending: dict[str, Future] = {}
         self._bytes = 0
@@ -41,21 +48,24 @@ class EmbeddingCache:
     def get(self, key: str) -> Sized | None:
         """The cached value, or None; counts as a hit when found."""
         with self._lock:
-            return self._hit(key)
+            value = self._hit(key)
+        self._compact_older()
+        return value
 
     def get_or_compute(self, key: str, compute: Callable[[], Sized]) -> Sized:
         """The cached value, else `compute()` once for all concurrent callers of the same key."""
         with self._lock:
             value = self._hit(key)
-            if value is not None:
-                return value
-            pending = self._pending.get(key)
-            owner = pending is None
+            pending = self._pending.get(key) if value is None else None
+            owner = value is None and pending is None
             if owner:
                 self._misses += 1
                 pending = self._pending[key] = Future()
-            else:
+            elif pending is not None:
                 self._hits += 1
+        if value is not None:
+            self._compact_older()
+            return value
         if not owner:
             return pending.result()
         try:
@@ -69,6 +79,7 @@ class EmbeddingCache:
             del self._pending[key]
             self._store(key, value)
         pending.set_result(value)
+        self._compact_older()
         return value
 
     def put(self, key: str, value: Sized) -> None:
@@ -76,6 +87,7 @@ class EmbeddingCache:
         with self._lock:
             if key not in self._entries:
                 self._store(key, value)
+        self._compact_older()
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -99,3 +111,24 @@ class EmbeddingCache:
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
+
+    def _compact_older(self) -> None:
+        """Compact the entry that the last use pushed out of the `exact_entries` most recent ones.
+
+        Each use moves one entry to the front, so at most one entry crosses that line per call. Compacting
+        runs outside the lock; the result replaces the entry only if nothing replaced or evicted it meanwhile.
+        """
+        if self.exact_entries is None:
+            return
+        with self._lock:
+            key = next(islice(reversed(self._entries), self.exact_entries, None), None)
+            if key is None:
+                return
+            value = self._entries[key]
+        compact = value.compact()
+        if compact is value:
+            return
+        with self._lock:
+            if self._entries.get(key) is value:
+                self._entries[key] = compact  # keeps its place in the order
+                self._bytes += compact.nbytes - value.nbytes

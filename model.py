@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_TASKS = 1000
 REFINEMENT_HISTORY_BYTES = 64 * 2**20
+# EMBEDDING_PRECISION=mixed: the images used most recently, those annotators are clicking on, stay float32.
+EXACT_RECENT_IMAGES = 8
 DETECTIONS_BYTES = 256 * 2**20  # SAM 3 answers kept so a new threshold needs no model run (~33 MB each)
 REMEMBERED_CONCEPTS = 4096
 DEFAULT_CONCEPT_THRESHOLD = 0.5  # SAM 3's own default confidence, used while SCORE_THRESHOLD is 0
@@ -68,7 +70,8 @@ class SamBackend:
         self.predictor = predictor
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
         self.images = ImageSource(settings)
-        self.cache = EmbeddingCache(settings.embedding_cache_mb * 2**20)
+        exact = EXACT_RECENT_IMAGES if settings.embedding_precision == "mixed" else None
+        self.cache = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
         if shared is None and settings.redis_url:
             namespace = model_fingerprint(self.model_version, settings.model_files)
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)

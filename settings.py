@@ -52,10 +52,11 @@ class Settings:
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
 
-    # Embedding cache: bytes of image embeddings kept per process, and how they are kept there:
-    # float32 (masks exactly SamPredictor's) or float16 (twice as many images; masks IoU >= 0.999).
+    # Embedding cache: bytes of image embeddings kept per process, and how they are kept there: mixed (the
+    # images clicked most recently in float32, masks exactly SamPredictor's; the others in float16 at half
+    # the memory, masks IoU >= 0.999), float32 (all exact) or float16 (all compact).
     embedding_cache_mb: int = 512
-    embedding_precision: str = "float32"
+    embedding_precision: str = "mixed"
     # Shared cache for every worker and replica (redis://host:port/db); float16 at rest, kept this long.
     redis_url: str = field(default="", repr=False)
     redis_ttl_hours: int = 168
@@ -168,8 +169,9 @@ class Settings:
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, not {device!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
-        if self.embedding_precision not in ("float32", "float16"):
-            raise ConfigError(f"EMBEDDING_PRECISION must be float32 or float16, not {self.embedding_precision!r}")
+        if self.embedding_precision not in ("mixed", "float32", "float16"):
+            raise ConfigError("EMBEDDING_PRECISION must be mixed, float32 or float16, "
+                              f"not {self.embedding_precision!r}")
         if self.warm_max_tasks < 0:
             raise ConfigError("WARM_MAX_TASKS must be 0 or more")
         self._validate_answers()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import model
 from conftest import scene
+from ls_bodies import keypoint, predict_body
 from prompts import Prompt
+from reference import decode_brush_region
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,3 +43,30 @@ def test_masks_from_float16_match_float32(vit_t_predictor, embedding, prompt):
     print(f"IoU {iou(full.mask, half.mask):.6f}, {int((full.mask != half.mask).sum())} pixels differ")
     assert iou(full.mask, half.mask) >= 0.999
     assert half.score == pytest.approx(full.score, abs=1e-2)
+
+
+@pytest.mark.parametrize("precision, first_kept_as", [("mixed", "float16"), ("float32", "float32")])
+def test_an_image_nobody_clicks_on_any_more_is_kept_in_float16_by_default(
+        precision, first_kept_as, make_client, image_host, monkeypatch):
+    monkeypatch.setattr(model, "EXACT_RECENT_IMAGES", 1)  # 1 instead of 8: two images show it
+    client, backend = make_client(EMBEDDING_PRECISION=precision)
+    urls = [image_host.add_image(f"/data/upload/1/kept-{precision}-{i}.png", scene(320, 240, seed=41 + i))
+            for i in range(2)]
+
+    def click(url: str) -> np.ndarray:
+        response = client.post("/predict", json=predict_body(url, [keypoint(40, 55)]))
+        assert response.status_code == 200, response.json
+        return decode_brush_region(response.json["results"][0]["result"][0])
+
+    def kept_as(url: str) -> str:
+        """The dtype the cache holds the image's embedding in (a lookup: the image becomes the most recent)."""
+        return str(backend.cache.get(backend.embeddings.digest(url)).features.dtype).split(".")[-1]
+
+    first = click(urls[0])
+    assert kept_as(urls[0]) == "float32"
+    click(urls[1])  # the annotator moves on: the first image is no longer among the most recent
+    assert kept_as(urls[1]) == "float32"
+    assert kept_as(urls[0]) == first_kept_as
+    again = click(urls[0])
+    assert 0 < first.sum() < first.size
+    assert iou(first, again) >= 0.999

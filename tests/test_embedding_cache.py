@@ -14,6 +14,10 @@ from embedding_cache import EmbeddingCache
 @dataclass(frozen=True)
 class Blob:
     nbytes: int
+    exact: bool = True
+
+    def compact(self) -> "Blob":
+        return self if not self.exact else Blob(self.nbytes // 2, exact=False)
 
 
 def test_hit_after_miss_and_counts():
@@ -98,3 +102,42 @@ def test_keyboard_interrupt_style_errors_do_not_wedge_the_key():
     with pytest.raises(KeyboardInterrupt):
         cache.get_or_compute("k", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cache.get_or_compute("k", lambda: Blob(1)).nbytes == 1
+
+
+def exact_keys(cache: EmbeddingCache) -> set[str]:
+    return {key for key in "abcdef" if (value := cache._entries.get(key)) is not None and value.exact}
+
+
+def test_only_the_most_recently_used_entries_stay_exact():
+    cache = EmbeddingCache(max_bytes=1000, exact_entries=2)
+    for key in "abcd":
+        cache.get_or_compute(key, lambda: Blob(100))
+    assert exact_keys(cache) == {"c", "d"}
+    assert cache.stats().bytes == 2 * 100 + 2 * 50
+
+
+def test_a_compacted_entry_used_again_stays_compact_and_pushes_the_next_one_out():
+    cache = EmbeddingCache(max_bytes=1000, exact_entries=2)
+    for key in "abc":
+        cache.get_or_compute(key, lambda: Blob(100))
+    assert not cache.get("a").exact  # a fell out of the two most recent when c arrived
+    assert exact_keys(cache) == {"c"}  # b is now third most recent: compacted
+    assert cache.stats().bytes == 100 + 50 + 50
+
+
+def test_entries_from_elsewhere_and_the_byte_budget_count_compacted_sizes():
+    cache = EmbeddingCache(max_bytes=250, exact_entries=1)
+    cache.put("a", Blob(100))
+    cache.put("b", Blob(100))
+    cache.get_or_compute("c", lambda: Blob(100))  # a and b are compacted to 50 each: 200 fits
+    assert exact_keys(cache) == {"c"} and cache.stats().entries == 3
+    cache.get_or_compute("d", lambda: Blob(100))  # 350 before compaction: a goes, c is compacted
+    assert cache.get("a") is None and exact_keys(cache) == {"d"}
+    assert cache.stats().bytes == 50 + 50 + 100
+
+
+def test_without_exact_entries_nothing_is_compacted():
+    cache = EmbeddingCache(max_bytes=1000)
+    for key in "abcdef":
+        cache.get_or_compute(key, lambda: Blob(100))
+    assert exact_keys(cache) == set("abcdef")

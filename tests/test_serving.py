@@ -101,6 +101,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
     (("--kwargs", "NO_SUCH_SETTING=1"), {}, "unknown setting(s): NO_SUCH_SETTING"),
     (("--kwargs", "oops"), {}, "--kwargs takes KEY=VALUE"),
     ((), {"DEVICE": "tpu"}, "DEVICE must be auto, cpu, cuda or cuda:N"),
+    ((), {"EMBEDDING_PRECISION": "bfloat16"}, "EMBEDDING_PRECISION must be mixed, float32 or float16"),
     ((), {"PORT": "ninety"}, "PORT must be a int"),
     ((), {"BASIC_AUTH_USER": "only-user"}, "set both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
     (("--kwargs", "SAM_CHOICE=ONNX", "ONNX_DECODER=nowhere.onnx"), {}, "ONNX_DECODER not found"),
