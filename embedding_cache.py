@@ -39,6 +39,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self.exact_entries = exact_entries
         self._entries: OrderedDict[str, Sized] = OrderedDict()
+        self._exact: set[str] = set()  # keys whose values are still as given, not yet compacted
         self._pending: dict[str, Future] = {}
         self._bytes = 0
         self._hits = 0
@@ -108,27 +109,28 @@ class EmbeddingCache:
             return
         self._entries[key] = value
         self._bytes += size
+        if self.exact_entries is not None:
+            self._exact.add(key)
         while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
+            evicted_key, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
+            self._exact.discard(evicted_key)
 
     def _compact_older(self) -> None:
-        """Compact the entry that the last use pushed out of the `exact_entries` most recent ones.
+        """Compact the entries that recent uses pushed out of the `exact_entries` most recently used.
 
-        Each use moves one entry to the front, so at most one entry crosses that line per call. Compacting
-        runs outside the lock; the result replaces the entry only if nothing replaced or evicted it meanwhile.
+        Compacting runs outside the lock; a result replaces its entry only if nothing replaced or evicted
+        that entry meanwhile.
         """
         if self.exact_entries is None:
             return
         with self._lock:
-            key = next(islice(reversed(self._entries), self.exact_entries, None), None)
-            if key is None:
-                return
-            value = self._entries[key]
-        compact = value.compact()
-        if compact is value:
-            return
-        with self._lock:
-            if self._entries.get(key) is value:
-                self._entries[key] = compact  # keeps its place in the order
-                self._bytes += compact.nbytes - value.nbytes
+            recent = set(islice(reversed(self._entries), self.exact_entries))
+            older = [(key, self._entries[key]) for key in self._exact - recent]
+            self._exact &= recent
+        for key, value in older:
+            compact = value.compact()
+            with self._lock:
+                if self._entries.get(key) is value:
+                    self._entries[key] = compact  # keeps its place in the order
+                    self._bytes += compact.nbytes - value.nbytes

@@ -104,8 +104,8 @@ def test_keyboard_interrupt_style_errors_do_not_wedge_the_key():
     assert cache.get_or_compute("k", lambda: Blob(1)).nbytes == 1
 
 
-def exact_keys(cache: EmbeddingCache) -> set[str]:
-    return {key for key in "abcdef" if (value := cache._entries.get(key)) is not None and value.exact}
+def exact_keys(cache: EmbeddingCache, keys: str = "abcdef") -> set[str]:
+    return {key for key in keys if (value := cache._entries.get(key)) is not None and value.exact}
 
 
 def test_only_the_most_recently_used_entries_stay_exact():
@@ -141,3 +141,23 @@ def test_without_exact_entries_nothing_is_compacted():
     for key in "abcdef":
         cache.get_or_compute(key, lambda: Blob(100))
     assert exact_keys(cache) == set("abcdef")
+
+
+def test_racing_uses_leave_only_the_most_recent_entries_exact_and_the_bytes_right():
+    cache = EmbeddingCache(max_bytes=10**6, exact_entries=3)
+    keys = [f"{thread}-{i}" for thread in range(8) for i in range(20)]
+
+    def use(thread: int) -> None:
+        for i in range(20):
+            cache.get_or_compute(f"{thread}-{i}", lambda: Blob(100))
+            cache.get(f"{thread}-{i // 2}")
+
+    threads = [threading.Thread(target=use, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    most_recent = list(cache._entries)[-3:]
+    assert exact_keys(cache, keys) <= set(most_recent) and len(exact_keys(cache, keys)) >= 1
+    assert cache.stats().bytes == sum(value.nbytes for value in cache._entries.values())
+    assert cache.stats().bytes <= 3 * 100 + 157 * 50
