@@ -77,7 +77,7 @@ class ImageEmbeddings:
             shared = self.shared.get(self.kind + digest) if self.shared else None
             if shared is not None:
                 sources.append("shared")
-                return self._kept(shared)
+                return shared
             sources.append("encoder")
             image = decode_image(data, self.settings.image_max_megapixels * 10**6)
             with ENCODER_SECONDS.time():
@@ -118,13 +118,13 @@ class ImageEmbeddings:
         shared = self.shared.get(self.kind + digest)
         if shared is None:
             return None
-        shared = self._kept(shared)
         self.cache.put(self.kind + digest, shared)
         return shared, "shared"
 
     def _kept(self, embedding: Embedding) -> Embedding:
-        """The form this process keeps embeddings in (EMBEDDING_PRECISION)."""
-        return embedding.compact() if self.settings.embedding_precision == "float16" else embedding
+        """The form this process keeps an encoder's output in (EMBEDDING_PRECISION); the shared cache's
+        embeddings already come in float16, in memory of their own."""
+        return embedding.compact() if self.settings.embedding_precision == "float16" else embedding.set_apart()
 
     def _known_digest(self, url: str) -> str | None:
         with self._lock:

@@ -8,8 +8,9 @@ This module imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -42,7 +43,19 @@ class Embedding:
         """
         if all(isinstance(array, np.ndarray) and array.dtype == np.float16 for array in self.arrays):
             return self
-        arrays = tuple(_float16(array) for array in self.arrays)
+        return self._with(_float16(array) for array in self.arrays)
+
+    def set_apart(self) -> "Embedding":
+        """The same values, with CPU arrays copied into memory of their own: the form a cache keeps.
+
+        Kept in the malloc heap, each cached embedding sits between the encoder's short-lived buffers of
+        later images and fragments the heap, so resident memory crept up image after image. A mapping of
+        its own goes back to the system whole when the cache lets go. GPU tensors stay where they are.
+        """
+        return self._with(_set_apart(array) for array in self.arrays)
+
+    def _with(self, arrays: Iterable[Any]) -> "Embedding":
+        arrays = tuple(arrays)
         return replace(self, features=arrays if isinstance(self.features, tuple) else arrays[0])
 
 
@@ -86,7 +99,26 @@ def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence
     return [predictor.predict(embedding, prompt) for prompt in prompts]
 
 
+def mapped_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array in an anonymous memory mapping of its own, unmapped when the array is freed."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
 def _float16(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU
         array = array.detach().float().cpu().numpy()
-    return np.ascontiguousarray(array, dtype=np.float16)
+    half = mapped_array(array.shape, np.float16)
+    half[...] = array
+    return half
+
+
+def _set_apart(array: Any) -> Any:
+    if hasattr(array, "detach"):
+        if array.device.type != "cpu" or str(array.dtype) not in ("torch.float32", "torch.float16"):
+            return array  # GPU memory, or a dtype numpy lacks
+        array = array.detach().numpy()
+    kept = mapped_array(array.shape, array.dtype)
+    kept[...] = array
+    return kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,23 @@ def test_compact_halves_the_bytes_and_keeps_the_sizes(vit_t_predictor):
     assert compact.features.dtype == np.float16 and compact.features.shape == (1, 256, 64, 64)
     assert compact.nbytes * 2 == embedding.nbytes
     assert (compact.input_size, compact.original_size) == (embedding.input_size, embedding.original_size)
+
+
+def memory_owner(array: np.ndarray) -> object:
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_what_the_cache_keeps_has_the_same_values_in_a_mapping_of_its_own(vit_t_predictor):
+    """Cached embeddings live outside the malloc heap, so they cannot fragment it (resident memory stays flat)."""
+    embedding = vit_t_predictor.embed(scene(160, 120, seed=33))
+    kept, compact = embedding.set_apart(), embedding.compact()
+    assert kept.features.dtype == np.float32
+    np.testing.assert_array_equal(kept.features, embedding.features.numpy())
+    assert isinstance(memory_owner(kept.features), mmap.mmap)
+    assert isinstance(memory_owner(compact.features), mmap.mmap)
+    assert (kept.input_size, kept.original_size) == (embedding.input_size, embedding.original_size)
 
 
 @pytest.fixture(scope="module")
