@@ -114,11 +114,16 @@ def _float16(array: Any) -> np.ndarray:
     return half
 
 
+def mapped_copy(array: np.ndarray) -> np.ndarray:
+    """A copy of `array` in memory of its own, for values kept long (see `Embedding.set_apart`)."""
+    kept = mapped_array(array.shape, array.dtype)
+    kept[...] = array
+    return kept
+
+
 def _set_apart(array: Any) -> Any:
     if hasattr(array, "detach"):
         if array.device.type != "cpu" or str(array.dtype) not in ("torch.float32", "torch.float16"):
             return array  # GPU memory, or a dtype numpy lacks
         array = array.detach().numpy()
-    kept = mapped_array(array.shape, array.dtype)
-    kept[...] = array
-    return kept
+    return mapped_copy(array)

@@ -19,7 +19,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from predictor import MaskResult
+from predictor import MaskResult, mapped_copy
 from prompts import Prompt
 
 MAX_OBJECTS = 32  # requests with more objects than this are not remembered
@@ -66,7 +66,8 @@ class RefinementHistory:
         if len(prompts) > MAX_OBJECTS:
             self.forget(key)
             return
-        objects = tuple(_Object(p, m, a.low_res_logits) for p, m, a in zip(prompts, mask_inputs, answers))
+        # Copies in memory of their own: kept for many clicks, logits left in the malloc heap fragment it.
+        objects = tuple(_Object(p, m, mapped_copy(a.low_res_logits)) for p, m, a in zip(prompts, mask_inputs, answers))
         entry = _Round(_elements(prompts), objects)
         with self._lock:
             self._drop(key)

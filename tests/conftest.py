@@ -49,6 +49,13 @@ def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
     return image
 
 
+def memory_owner(array: np.ndarray) -> object:
+    """The object that owns an array's memory (an mmap for what the backend keeps apart from the heap)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
 @pytest.fixture(scope="session")
 def image_host():
     """Label Studio's /data routes on loopback, requiring the token the backend is configured with."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import model
-from conftest import scene
+from conftest import memory_owner, scene
 from ls_bodies import keypoint, predict_body
 from prompts import Prompt
 from reference import decode_brush_region
@@ -25,12 +25,6 @@ def test_compact_halves_the_bytes_and_keeps_the_sizes(vit_t_predictor):
     assert compact.features.dtype == np.float16 and compact.features.shape == (1, 256, 64, 64)
     assert compact.nbytes * 2 == embedding.nbytes
     assert (compact.input_size, compact.original_size) == (embedding.input_size, embedding.original_size)
-
-
-def memory_owner(array: np.ndarray) -> object:
-    while isinstance(array, np.ndarray) and array.base is not None:
-        array = array.base
-    return array.obj if isinstance(array, memoryview) else array
 
 
 def test_what_the_cache_keeps_has_the_same_values_in_a_mapping_of_its_own(vit_t_predictor):

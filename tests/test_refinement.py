@@ -5,12 +5,14 @@ Refined masks are compared with `SamPredictor.predict(..., mask_input=previous l
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
 from advanced_sam import SamImagePredictor
-from conftest import scene
+from conftest import memory_owner, scene
 from ls_bodies import keypoint, predict_body, rectangle
 from predictor import Embedding, MaskResult
 from prompts import Prompt
@@ -197,6 +199,19 @@ def test_min_area_removes_small_islands_and_holes(image_host, url):
     np.testing.assert_array_equal(decode_brush_region(region), expected)
     client, _ = stub_backend(image_host, StubPredictor([mask], [0.5]))
     np.testing.assert_array_equal(decode_brush_region(click(client, url, [keypoint(20, 20)])[0]), mask)
+
+
+def test_history_keeps_its_own_copy_of_the_logits_outside_the_malloc_heap():
+    """A batch's logits come as views of one array; the history keeps each object's 256 KiB, in a mapping."""
+    history = RefinementHistory(max_bytes=4 * LOGITS_BYTES)
+    batch = np.stack([np.full((256, 256), v, np.float32) for v in (1.0, 2.0)])
+    dog = Prompt("Dog", "image", points=((60, 60),), point_labels=(1,))
+    history.remember("a", [dog], [None], [MaskResult(np.zeros((2, 2), bool), 0.5, batch[1])])
+    batch[:] = 0  # the decoder's buffer is reused or freed: the history must not see it
+    (kept,) = history.mask_inputs("a", [Prompt("Dog", "image", points=((60, 60), (70, 70)), point_labels=(1, 0))])
+    assert kept.shape == (256, 256) and (kept == 2.0).all()
+    assert not np.shares_memory(kept, batch)
+    assert isinstance(memory_owner(kept), mmap.mmap)
 
 
 def test_history_stays_within_its_bound_under_concurrent_rounds():
