@@ -109,9 +109,11 @@ RUN useradd --create-home --uid "$APP_UID" --user-group --shell /usr/sbin/nologi
 ENV PATH=/opt/venv/bin:$PATH \
     PORT=9090 \
     MALLOC_MMAP_THRESHOLD_=4294967296 \
-    MALLOC_TRIM_THRESHOLD_=68719476736
-# glibc malloc tuned not to hand the encoder's large buffers back to the kernel after every image:
-# measured 1.7x faster image encoding with these two thresholds.
+    MALLOC_TRIM_THRESHOLD_=68719476736 \
+    MALLOC_ARENA_MAX=1
+# glibc malloc tuned not to hand the encoder's large buffers back to the kernel after every image
+# (measured 1.7x faster image encoding with these two thresholds), and to keep them in one arena rather
+# than one per thread (resident memory then stays flat over hundreds of images).
 WORKDIR /app
 COPY --from=serving-venv /opt/venv /opt/venv
 COPY --from=weights --chown=app:app /models/ /app/models/

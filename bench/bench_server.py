@@ -35,7 +35,8 @@ from ls_bodies import keypoint, predict_body  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 # glibc malloc settings the Docker image uses: the encoder's large buffers are not handed back to the kernel.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+              "MALLOC_ARENA_MAX": "1"}  # what the Makefile and the Docker image set
 OPENED_WAIT_S = 3.0
 # An interleaving annotator's pause before each click (uniform, seeded per annotator): see `interleaved`.
 THINK_S = (0.3, 0.5)

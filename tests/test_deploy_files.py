@@ -29,6 +29,7 @@ MANIFEST = ROOT / "download_models.sha256"
 
 SETTING_NAMES = {f.name.upper() for f in fields(settings.Settings)}
 KNOWN_NAMES = SETTING_NAMES | set(settings._ALIASES)
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"}
 
 
 def compose_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict:
@@ -137,13 +138,30 @@ def test_dockerfile_runs_gunicorn_as_a_user_with_a_health_check():
 def test_dockerfile_sets_only_variables_that_mean_something():
     """Every ENV name is a setting, or one that Python, pip or glibc reads."""
     outside = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
-               "PIP_DISABLE_PIP_VERSION_CHECK", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
-    names = set()
+               "PIP_DISABLE_PIP_VERSION_CHECK", *MALLOC_SETTINGS}
+    names = set(dockerfile_env())
+    assert {*MALLOC_SETTINGS, "PORT"} <= names
+    assert not names - outside - KNOWN_NAMES
+
+
+def test_make_the_image_and_the_benchmarks_tune_malloc_alike():
+    """The server is measured with the allocator settings it is deployed with."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_server import MALLOC_ENV
+
+    makefile = dict(re.findall(r"^export (MALLOC_\w+) = (\S+)$", (ROOT / "Makefile").read_text(), re.M))
+    image = {name: value for name, value in dockerfile_env().items() if name.startswith("MALLOC_")}
+    assert makefile == image == MALLOC_ENV
+    assert set(makefile) == MALLOC_SETTINGS
+
+
+def dockerfile_env() -> dict[str, str]:
+    """NAME=value pairs of the Dockerfile's ENV instructions."""
+    pairs: dict[str, str] = {}
     for keyword, args in dockerfile_instructions():
         if keyword == "ENV":
-            names |= set(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", args))
-    assert {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PORT"} <= names
-    assert not names - outside - KNOWN_NAMES
+            pairs.update(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=(\S*)", args))
+    return pairs
 
 
 def test_the_entrypoint_knows_exactly_the_official_checkpoints():
