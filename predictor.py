@@ -106,19 +106,19 @@ def mapped_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
+def mapped_copy(array: np.ndarray) -> np.ndarray:
+    """A copy of `array` in memory of its own, for values kept long (see `Embedding.set_apart`)."""
+    kept = mapped_array(array.shape, array.dtype)
+    kept[...] = array
+    return kept
+
+
 def _float16(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU
         array = array.detach().float().cpu().numpy()
     half = mapped_array(array.shape, np.float16)
     half[...] = array
     return half
-
-
-def mapped_copy(array: np.ndarray) -> np.ndarray:
-    """A copy of `array` in memory of its own, for values kept long (see `Embedding.set_apart`)."""
-    kept = mapped_array(array.shape, array.dtype)
-    kept[...] = array
-    return kept
 
 
 def _set_apart(array: Any) -> Any:
