@@ -40,6 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         folders = args.folders or Path(work)
+        folders.mkdir(parents=True, exist_ok=True)
         rows = measure(folders, args.repeats)
     report(rows)
     return 0
