@@ -99,16 +99,13 @@ def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence
     return [predictor.predict(embedding, prompt) for prompt in prompts]
 
 
-def mapped_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A zeroed array in an anonymous memory mapping of its own, unmapped when the array is freed."""
-    count = int(np.prod(shape))
-    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
-    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
-
-
-def mapped_copy(array: np.ndarray) -> np.ndarray:
-    """A copy of `array` in memory of its own, for values kept long (see `Embedding.set_apart`)."""
-    kept = mapped_array(array.shape, array.dtype)
+def mapped_copy(array: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """A copy of `array` (as `dtype`, default its own) in an anonymous memory mapping of its own, for values
+    kept long (see `Embedding.set_apart`); the mapping is returned to the system when the copy is freed."""
+    dtype = np.dtype(dtype or array.dtype)
+    count = int(np.prod(array.shape))
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    kept = np.frombuffer(buffer, dtype=dtype, count=count).reshape(array.shape)
     kept[...] = array
     return kept
 
@@ -116,9 +113,7 @@ def mapped_copy(array: np.ndarray) -> np.ndarray:
 def _float16(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU
         array = array.detach().float().cpu().numpy()
-    half = mapped_array(array.shape, np.float16)
-    half[...] = array
-    return half
+    return mapped_copy(array, np.float16)
 
 
 def _set_apart(array: Any) -> Any:

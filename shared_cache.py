@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from predictor import Embedding, mapped_array
+from predictor import Embedding, mapped_copy
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ def _unpack(raw: bytes) -> Embedding:
     counts = [int(np.prod(shape)) for shape in shapes]
     if sum(counts) > MAX_FEATURE_VALUES or len(payload) != 2 * sum(counts):
         raise ValueError(f"{len(payload)} feature bytes do not match the shapes {shapes}")
-    values = mapped_array((sum(counts),), np.float16)  # kept by the cache: not in the malloc heap
-    values[...] = np.frombuffer(payload, dtype=np.float16)
+    values = mapped_copy(np.frombuffer(payload, dtype=np.float16))  # kept by the cache: not in the malloc heap
     offsets = np.cumsum([0] + counts)
     arrays = tuple(values[start:end].reshape(shape) for start, end, shape in zip(offsets, offsets[1:], shapes))
     features = arrays if several else arrays[0]
