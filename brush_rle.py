@@ -16,11 +16,20 @@ The bit stream, as the SDK writes it (fields big-endian, packed most significant
 
 Every pixel is 4 equal bytes, so the stream's runs are the mask's runs (row-major) times 4, and are never
 shorter than 4: the SDK's single-value token never occurs. The mask is never expanded 4×.
+
+A mask of several megapixels is cut into pieces whose runs, tokens and words are found on two threads at
+once (NumPy releases the GIL), and the pieces' words are OR-ed together: the bytes do not depend on the cut.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 # The header's 32-bit count holds 4 values per pixel.
 MAX_PIXELS = 2**30 - 1
@@ -37,6 +46,11 @@ _SELECTOR = np.searchsorted([8, 16, 256], 4 * np.arange(LONG_RUN + 1))
 _FIELD = np.array([3, 4, 8, 16])[_SELECTOR]
 TOKEN_HEAD = (4 | _SELECTOR) << (_FIELD + 8)  # flag and selector, above the field and the value's 8 bits
 TOKEN_BITS = (_FIELD + 11).astype(np.uint64)
+# Masks of several megapixels are encoded in PARTS pieces at once, each of at least MIN_PART_PIXELS: below
+# that, handing a piece to another thread costs more than it saves.
+PARTS = 2
+MIN_PART_PIXELS = 2**20
+_WORKERS = ThreadPoolExecutor(PARTS - 1, thread_name_prefix="brush-rle")
 # Each byte value's JSON text and a comma, NUL-padded to 4 bytes, as one little-endian uint32.
 _DECIMALS = np.array([int.from_bytes(f"{value},".encode().ljust(4, b"\0"), "little") for value in range(256)],
                      dtype="<u4")
@@ -53,17 +67,28 @@ def encode_rle(mask: np.ndarray) -> list[int]:
     return list(encode_rle_bytes(mask))
 
 
-def encode_rle_bytes(mask: np.ndarray) -> bytes:
-    """`encode_rle(mask)` as bytes, for `rle_json`: no list of a million Python ints on the way."""
+def encode_rle_bytes(mask: np.ndarray, parts: int | None = None) -> bytes:
+    """`encode_rle(mask)` as bytes, for `rle_json`: no list of a million Python ints on the way.
+
+    A mask of several megapixels is encoded in `parts` pieces at once (default: PARTS when each piece has at
+    least MIN_PART_PIXELS, else one); the bytes are the same for any number of parts.
+    """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"brush mask must be 2-D, got shape {mask.shape}")
     if mask.size > MAX_PIXELS:
         raise ValueError(f"brush mask of {mask.size} pixels exceeds the RLE limit of {MAX_PIXELS}")
-    painted = (mask if mask.dtype == np.bool_ else mask != 0).ravel()
-    first, runs = _runs(painted)
-    codes, widths = _tokens(first, runs)
-    return _pack((4 * painted.size) << 21 | HEADER_TAIL, codes, widths)
+    # Comparing the bytes as uint8 is about twice as fast as comparing as bool.
+    values = (mask if mask.dtype == np.bool_ else mask != 0).ravel().view(np.uint8)
+    header = (4 * values.size) << 21 | HEADER_TAIL
+    if values.size == 0:
+        return _pack(header, [])
+    parts = parts or max(1, min(PARTS, values.size // MIN_PART_PIXELS))
+    runs = _runs(values, parts)
+    # Runs alternate in value: a piece of them from run k starts with the first pixel's value, flipped if k is odd.
+    first = bool(values[0])
+    pieces = [(first ^ bool(lo % 2), runs[lo:hi]) for lo, hi in _spans(runs.size, parts)]
+    return _pack(header, _in_parallel(_tokens, pieces))
 
 
 def rle_json(rle: bytes) -> str:
@@ -78,14 +103,35 @@ def rle_json(rle: bytes) -> str:
     return f"[{text[:-1].decode('ascii')}]"
 
 
-def _runs(painted: np.ndarray) -> tuple[bool, np.ndarray]:
-    """Value of the first run and the lengths of the runs of a flat bool array; runs alternate in value."""
-    if painted.size == 0:
-        return False, np.zeros(0, dtype=np.int64)
-    # Comparing the bytes as uint8 is about twice as fast as comparing as bool.
-    values = painted.view(np.uint8)
-    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
-    return bool(values[0]), np.diff(changes, prepend=0, append=painted.size)
+def _runs(values: np.ndarray, parts: int) -> np.ndarray:
+    """Lengths of the runs of equal values in `values` (not empty), looked for in `parts` pieces at once."""
+    starts = _in_parallel(_changes, [(values, lo, hi) for lo, hi in _spans(values.size, parts)])
+    return np.diff(np.concatenate(starts), prepend=0, append=values.size)
+
+
+def _changes(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The positions p in [lo, hi), p ≥ 1, where `values[p]` differs from `values[p − 1]`: where runs start."""
+    lo = max(lo, 1)
+    return np.flatnonzero(values[lo:hi] != values[lo - 1 : hi - 1]) + lo
+
+
+def _spans(size: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) bounds of up to `parts` consecutive, nearly equal, non-empty pieces of range(size)."""
+    bounds = [size * i // parts for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+def _in_parallel(work: Callable[..., T], calls: list[tuple]) -> list[T]:
+    """`[work(*args) for args in calls]`, the first here and the others on the workers (NumPy releases the GIL).
+
+    A call no worker has started yet (they are busy with other requests' masks) runs here too, so a busy pool
+    never makes an encoding slower than doing it all on this thread.
+    """
+    futures = [_WORKERS.submit(work, *args) for args in calls[1:]]
+    results = [work(*calls[0])] if calls else []
+    for args, future in zip(calls[1:], futures):
+        results.append(work(*args) if future.cancel() else future.result())
+    return results
 
 
 def _tokens(first: bool, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,28 +156,33 @@ def _split_long_runs(codes: np.ndarray, widths: np.ndarray, full: np.ndarray) ->
     return np.insert(codes, at, FULL_CHUNK | codes[at] & 255).view(np.uint64), np.insert(widths, at, TOKEN_BITS[-1])
 
 
-def _pack(header: int, codes: np.ndarray, widths: np.ndarray) -> bytes:
-    """The 53-bit header and the tokens (uint64 big-endian bit fields) end to end, padded like the SDK."""
-    ends = np.cumsum(widths) + HEADER_BITS
-    nbytes = (int(ends[-1]) if ends.size else HEADER_BITS) // 8 + 1
+def _pack(header: int, pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """The 53-bit header and the tokens (codes and widths of each piece, in order) end to end, padded like the SDK."""
+    starts = np.cumsum([HEADER_BITS] + [int(widths.sum()) for _, widths in pieces])  # each piece's first bit
+    nbytes = int(starts[-1]) // 8 + 1
     words = np.zeros(nbytes // 8 + 2, dtype=np.uint64)  # with room for the last token's spill
-    if codes.size:
-        _or_fields(words, codes, ends - widths, widths)
+    for first_word, fields in _in_parallel(_fields, [(*piece, int(start)) for piece, start in zip(pieces, starts)]):
+        words[first_word : first_word + fields.size] |= fields  # pieces share at most their boundary word
     words[0] |= np.uint64(header << (64 - HEADER_BITS))
     return words.astype(">u8").tobytes()[:nbytes]
 
 
-def _or_fields(words: np.ndarray, codes: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> None:
-    """OR the bit fields `codes` (uint64) of `widths` bits at bits `starts` into the big-endian 64-bit `words`.
+def _fields(codes: np.ndarray, widths: np.ndarray, start: int) -> tuple[int, np.ndarray]:
+    """The bit fields `codes` (uint64) of `widths` bits, end to end from bit `start`, as big-endian 64-bit words
+    from word start // 64 on: that index and the words.
 
-    Each field, left-aligned in a 64-bit word, goes to word start // 64 shifted right by start % 64, and the
-    bits shifted out spill into the next word. Tokens start less than 64 bits apart, so every word up to the
-    last token's has a first token, and only the last token of a word can spill.
+    Each field, left-aligned in a 64-bit word, goes to word s // 64 shifted right by s % 64 (s its first bit),
+    and the bits shifted out spill into the next word. Tokens start less than 64 bits apart, so every word up
+    to the last token's has a first token, and only the last token of a word can spill.
     """
+    ends = np.cumsum(widths) + np.uint64(start)
+    starts = ends - widths
     aligned = codes << (64 - widths)
     word, offset = starts.view(np.int64) >> 6, starts & 63
     first = np.flatnonzero(np.diff(word, prepend=-1))
+    words = np.zeros(first.size + 1, dtype=np.uint64)
     words[: first.size] = np.bitwise_or.reduceat(aligned >> offset, first)
     last = np.append(first[1:], codes.size) - 1
     # A token that does not spill shifts out nothing but zeros (and NumPy shifts by 64 give 0).
-    words[1 : first.size + 1] |= aligned[last] << (64 - offset[last])
+    words[1:] |= aligned[last] << (64 - offset[last])
+    return int(word[0]), words

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
+import brush_rle
 from brush_rle import MAX_PIXELS, encode_rle, encode_rle_bytes, rle_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +185,33 @@ def test_the_bytes_and_the_json_text_are_those_of_the_list(mask: np.ndarray) -> 
     rle = encode_rle(mask)
     assert encode_rle_bytes(mask) == bytes(rle)
     assert rle_json(bytes(rle)) == json.dumps(rle, separators=(",", ":"))
+
+
+@PROPERTY
+@given(masks(), st.integers(1, 6))
+def test_any_number_of_parts_gives_the_same_bytes(mask: np.ndarray, parts: int) -> None:
+    assert encode_rle_bytes(mask, parts=parts) == bytes(sdk_rle(mask))
+
+
+def test_a_speckled_picture_sized_mask_is_encoded_in_parts_to_the_same_bytes() -> None:
+    mask = np.random.default_rng(5).random((1500, 2000)) < 0.8  # 3 megapixels, about a million runs
+    assert mask.size >= brush_rle.PARTS * brush_rle.MIN_PART_PIXELS  # so the default splits it
+    rle = encode_rle_bytes(mask)
+    assert rle == encode_rle_bytes(mask, parts=1) == bytes(sdk_rle(mask))
+
+
+def test_pieces_no_worker_is_free_for_are_encoded_by_the_caller() -> None:
+    mask = np.random.default_rng(6).random((300, 200)) < 0.5
+    expected = encode_rle_bytes(mask, parts=1)
+    release = threading.Event()
+    blockers = [brush_rle._WORKERS.submit(release.wait) for _ in range(brush_rle.PARTS)]
+    try:
+        with ThreadPoolExecutor(max_workers=1) as caller:
+            encoding = caller.submit(encode_rle_bytes, mask, parts=4)
+            assert encoding.result(timeout=60) == expected  # the busy worker is not waited for
+    finally:
+        release.set()
+    assert all(blocker.result(timeout=60) for blocker in blockers)
 
 
 def test_the_json_text_of_every_byte_value() -> None:
