@@ -243,6 +243,9 @@ def test_concurrent_calls_give_the_same_results() -> None:
     expected = [encode_rle(mask) for mask in inputs]
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(encode_rle, inputs * 4)) == expected * 4
+        # in pieces: the callers share the encoder's worker threads
+        in_pieces = pool.map(lambda mask: encode_rle_bytes(mask, parts=3), inputs * 4)
+        assert list(in_pieces) == [bytes(rle) for rle in expected * 4]
 
 
 def test_the_module_does_not_import_the_sdk() -> None:
