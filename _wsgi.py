@@ -59,13 +59,15 @@ def build_app(settings: Settings):
 
 def load_backend(settings: Settings):
     """The backend SAM_CHOICE names, with its model loaded (SAM 3: the concept detector and the tracker)."""
+    from compute_thread import COMPUTE
     from model import SamBackend
 
-    predictor, concepts = load_model(settings), None
+    # Loaded where the model will run, so no other thread keeps an OpenMP team (see compute_thread.py).
+    predictor, concepts = COMPUTE.run(load_model, settings), None
     if settings.sam_choice == "SAM3":  # concepts go to SAM 3's detector, clicks to its tracker (the predictor)
         from sam3_concepts import load_concept_segmenter, share_backbone
 
-        concepts = load_concept_segmenter(settings)
+        concepts = COMPUTE.run(load_concept_segmenter, settings)
         share_backbone(concepts, predictor)
     return SamBackend(settings, predictor, concepts=concepts)
 

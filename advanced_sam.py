@@ -22,6 +22,7 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from errors import ConfigError
+from compute_thread import on_compute_thread
 from predictor import Embedding, MaskResult
 from prompts import Prompt
 from settings import Settings
@@ -71,6 +72,7 @@ class SamImagePredictor:
         # One image at a time through the encoder: it already uses every core (or most of a GPU).
         self._encoder_lock = threading.Lock()
 
+    @on_compute_thread
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step, ~1 s for MobileSAM on CPU)."""
@@ -105,6 +107,7 @@ class SamImagePredictor:
                 results[index] = result
         return results  # type: ignore[return-value]
 
+    @on_compute_thread
     @torch.inference_mode()
     def _decode(self, embedding: Embedding, prompts: Sequence[Prompt],
                 mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:

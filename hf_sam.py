@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from compute_thread import on_compute_thread
 from errors import ConfigError
 from predictor import Embedding, MaskResult
 from prompts import Prompt
@@ -52,6 +53,7 @@ class HfPromptPredictor:
         self.model_type = model_type
         self._encoder_lock = threading.Lock()  # one image at a time through the encoder, as for SAM
 
+    @on_compute_thread
     def embed(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an H×W×3 uint8 RGB image; keeps the feature maps the decoder reads."""
         import torch
@@ -63,6 +65,7 @@ class HfPromptPredictor:
         return Embedding(features=tuple(maps), input_size=tuple(pixels.shape[-2:]),
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
+    @on_compute_thread
     def predict(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
         """Decode one object's mask; a lone click asks for three candidates and keeps the best, as SAM 2 does.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from compute_thread import on_compute_thread
 from hf_sam import import_transformers, load_pretrained, model_folder
 from predictor import Embedding
 from settings import Settings
@@ -87,6 +88,7 @@ class ConceptSegmenter:
         self._texts: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # concept -> (text features, mask)
         self._texts_lock = threading.Lock()  # guards the text and position tables
 
+    @on_compute_thread
     def embed(self, image: np.ndarray) -> Embedding:
         """Run SAM 3's vision encoder on an H×W×3 uint8 RGB image; keeps its feature pyramid."""
         import torch
@@ -98,6 +100,7 @@ class ConceptSegmenter:
         return Embedding(features=tuple(output.fpn_hidden_states), input_size=tuple(pixels.shape[-2:]),
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
+    @on_compute_thread
     def detect(self, embedding: Embedding, text: str, boxes: list[tuple[float, float, float, float]],
                box_labels: list[int]) -> Detections:
         """Every instance of `text` on the embedded image; `boxes` (pixels, x0 y0 x1 y1) are examples (label 1)
@@ -158,6 +161,7 @@ class ConceptSegmenter:
                 self._texts.popitem(last=False)
         return features, mask
 
+    @on_compute_thread
     def instances(self, detections: Detections, threshold: float) -> list[Instance]:
         """The detections scoring above `threshold`, with masks upscaled to the image as Sam3Processor does."""
         import torch
