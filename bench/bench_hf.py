@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checkpoints import save_random_checkpoint  # noqa: E402
+from compute_thread import COMPUTE  # noqa: E402
 from conftest import scene  # noqa: E402
 from hf_checkpoints import save_sam2_folder, save_sam3_folder  # noqa: E402
 from machine import cpu_model  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         folders = args.folders or Path(work)
         folders.mkdir(parents=True, exist_ok=True)
-        rows = measure(folders, args.repeats)
+        rows = COMPUTE.run(measure, folders, args.repeats)  # where the server runs models (compute_thread.py)
     report(rows)
     return 0
 

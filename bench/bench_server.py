@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from backend_process import BackendProcess  # noqa: E402
 from checkpoints import save_random_checkpoint  # noqa: E402
+from compute_thread import COMPUTE, on_compute_thread  # noqa: E402
 from conftest import scene  # noqa: E402
 from image_host import ImageHost  # noqa: E402
 from ls_bodies import keypoint, predict_body  # noqa: E402
@@ -50,7 +51,8 @@ def main() -> int:
         # glibc reads these at start-up: run again with them, so in-process cases get what the server gets.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     with tempfile.TemporaryDirectory() as work:
-        checkpoint = save_random_checkpoint("vit_t", Path(work) / "mobile_sam.pt")
+        # All torch work of this process runs on the compute thread, as in the server (see compute_thread.py).
+        checkpoint = COMPUTE.run(save_random_checkpoint, "vit_t", Path(work) / "mobile_sam.pt")
         host = ImageHost()
         backend = BackendProcess({"MOBILESAM_CHECKPOINT": str(checkpoint), "LABEL_STUDIO_URL": host.url,
                                   "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "WARNING",
@@ -71,7 +73,7 @@ def measure(url: str, host: ImageHost, checkpoint: Path, repeats: int) -> tuple[
     paths = {name: host.add_image(f"/data/upload/1/warm-{name}.png", image) for name, image in images.items()}
     for path in paths.values():
         click(url, path, 0)  # the first click pays download, decode and encoder
-    bare, tutorial = in_process(checkpoint, images["4000x3000"])
+    bare, tutorial = COMPUTE.run(in_process, checkpoint, images["4000x3000"])
     rows: dict[str, list[float]] = {name: [] for name in (
         "warm click 1024x768", "warm click 4000x3000", BARE, TUTORIAL_WARM)}
     for i in range(repeats):
@@ -181,6 +183,7 @@ def in_process(checkpoint: Path, image: np.ndarray) -> tuple[Callable[[], object
     tutorial = SamPredictor(predictor.model)
     state = {"image": None}
 
+    @on_compute_thread
     @torch.inference_mode()
     def tutorial_click(image: np.ndarray) -> None:
         """set_image when the image changes (a cache of one), predict, F.interpolate upscale, SDK mask2rle."""
