@@ -63,24 +63,30 @@ def load_backend(settings: Settings):
     from model import SamBackend
 
     # Loaded where the model will run, so no other thread keeps an OpenMP team (see compute_thread.py).
-    predictor, concepts = COMPUTE.run(load_model, settings), None
-    if settings.sam_choice == "SAM3":  # concepts go to SAM 3's detector, clicks to its tracker (the predictor)
-        from sam3_concepts import load_concept_segmenter, share_backbone
-
-        concepts = COMPUTE.run(load_concept_segmenter, settings)
-        share_backbone(concepts, predictor)
+    predictor, concepts = COMPUTE.run(load_models, settings)
     return SamBackend(settings, predictor, concepts=concepts)
 
 
-def load_model(settings: Settings):
-    """The predictor SAM_CHOICE names, loaded from its files (the ONNX path never imports torch)."""
+def load_models(settings: Settings) -> tuple[Any, Any]:
+    """The predictor SAM_CHOICE names, loaded from its files, and SAM 3's concept detector (else None).
+
+    SAM 3's clicks go to its tracker (the predictor), which shares the detector's image backbone; the ONNX
+    path never imports torch.
+    """
     if settings.sam_choice == "ONNX":
         from onnx_sam import load_onnx_predictor as load_predictor
-    elif settings.sam_choice in ("SAM2", "SAM3"):  # SAM3: its tracker answers clicks and boxes
+    elif settings.sam_choice in ("SAM2", "SAM3"):
         from hf_sam import load_prompt_predictor as load_predictor
     else:
         from advanced_sam import load_predictor
-    return load_predictor(settings)
+    predictor = load_predictor(settings)
+    if settings.sam_choice != "SAM3":
+        return predictor, None
+    from sam3_concepts import load_concept_segmenter, share_backbone
+
+    concepts = load_concept_segmenter(settings)
+    share_backbone(concepts, predictor)
+    return predictor, concepts
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from errors import ConfigError
 from compute_thread import on_compute_thread
+from errors import ConfigError
 from predictor import Embedding, MaskResult
 from prompts import Prompt
 from settings import Settings

@@ -3,7 +3,7 @@
 Torch on the CPU parallelises with OpenMP, and libgomp gives every thread that calls into torch a team of its
 own. Once it manages more threads than there are cores, idle team threads go to sleep at once instead of
 spinning a moment, and each of the decoder's few hundred parallel steps pays a wake-up: on 2 cores a click's
-decoder took ~12 % longer from a server thread than from a lone one. Model calls therefore run on one
+decoder took 12–15 % longer from a server thread than from a lone one. Model calls therefore run on one
 resident thread. A call that finds it busy (an encoder run, another annotator's click) runs on a thread of
 its own that ends with the call and takes its team along, so calls still run concurrently.
 """
