@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from compute_thread import COMPUTE, ComputeThread, on_compute_thread
+from conftest import scene
+from prompts import Prompt
 
 
 def test_calls_run_on_the_resident_thread_and_return_their_result() -> None:
@@ -104,30 +107,32 @@ def test_torch_work_on_a_busy_resident_thread_leaves_no_openmp_threads_behind() 
             assert compute.run(lambda: float((work * 2).sum())) == 8_000_000
         release.set()
         blocked.result(timeout=60)
-    deadline = time.monotonic() + 30
-    while _native_threads() > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _native_threads() <= baseline
+    assert _eventually(lambda: _native_threads() <= baseline)  # libgomp ends a team when its thread ends
+
+
+def test_a_click_is_decoded_while_the_encoder_runs(vit_t_predictor) -> None:
+    embedding = vit_t_predictor.embed(scene(320, 240, seed=1))
+    click = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
+    with ThreadPoolExecutor(max_workers=2) as callers:
+        with vit_t_predictor._encoder_lock:  # another image's encoder run is in progress
+            encoding = callers.submit(vit_t_predictor.embed, scene(320, 240, seed=2))
+            assert _eventually(COMPUTE._free.locked)  # the waiting encoder call holds the resident thread
+            # queued behind the encoder, the click would wait until the lock is released below
+            answer = callers.submit(vit_t_predictor.predict, embedding, click).result(timeout=60)
+            assert not encoding.done()
+        assert encoding.result(timeout=60).original_size == (240, 320)
+    assert answer.mask.shape == (240, 320)
 
 
 def _native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def test_a_click_is_decoded_while_the_encoder_runs(vit_t_predictor) -> None:
-    from conftest import scene
-    from prompts import Prompt
-
-    embedding = vit_t_predictor.embed(scene(320, 240, seed=1))
-    click = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
-    with ThreadPoolExecutor(max_workers=2) as callers:
-        with vit_t_predictor._encoder_lock:  # another image's encoder run is in progress
-            encoding = callers.submit(vit_t_predictor.embed, scene(320, 240, seed=2))
-            deadline = time.monotonic() + 60
-            while not COMPUTE._free.locked() and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the waiting encoder call holds the resident thread
-            # queued behind the encoder, the click would wait until the lock is released below
-            answer = callers.submit(vit_t_predictor.predict, embedding, click).result(timeout=60)
-            assert not encoding.done()
-        assert encoding.result(timeout=60).original_size == (240, 320)
-    assert answer.mask.shape == (240, 320)
+def _eventually(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    """Whether `condition()` holds within `seconds` (polled): for what other threads do in their own time."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
