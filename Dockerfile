@@ -71,6 +71,7 @@ FROM builder AS onnx
 ARG ONNX=""
 COPY download_models.sh download_models.sha256 /opt/fetch/
 COPY *.py /opt/export/
+COPY sam_ls_backend /opt/export/sam_ls_backend
 RUN set -eu; \
     mkdir -p /onnx; \
     if [ -n "$ONNX" ]; then \

@@ -12,8 +12,10 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from errors import ConfigError
-from settings import Settings
+from sam_ls_backend.app import build_app, configure_logging, gunicorn_options
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.predictors.registry import model_spec
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger("sam_ls_backend")
 
@@ -28,18 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level)
         if args.check:
             build_app(settings)
-            print(f"ok: {settings.sam_choice} loads from {', '.join(map(str, settings.model_files))}")
+            files = model_spec(settings.sam_choice).files(settings)
+            print(f"ok: {settings.sam_choice} loads from {', '.join(map(str, files))}")
             return 0
-        if settings.sam_choice == "ONNX":
-            from onnx_sam import onnx_paths
-
-            onnx_paths(settings)  # raises the ConfigError that explains a missing file (without onnxruntime)
-        elif settings.sam_choice in ("SAM2", "SAM3"):
-            from hf_sam import model_folder
-
-            model_folder(settings)  # raises the ConfigError that explains a missing model folder
-        elif not settings.checkpoint_path.is_file():
-            build_app(settings)  # raises the ConfigError that explains the missing checkpoint
+        # Before gunicorn forks: a missing file is explained once, not by every worker.
+        model_spec(settings.sam_choice).check(settings)
         if args.debug:
             build_app(settings).run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
             return 0
@@ -48,64 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
-
-
-def build_app(settings: Settings):
-    """Load the model and wire the Flask app around it (once per worker process)."""
-    from server import create_app
-
-    return create_app(settings, load_backend(settings))
-
-
-def load_backend(settings: Settings):
-    """The backend SAM_CHOICE names, with its model loaded (SAM 3: the concept detector and the tracker)."""
-    from compute_thread import COMPUTE
-    from model import SamBackend
-
-    # Loaded where the model will run, so no other thread keeps an OpenMP team (see compute_thread.py).
-    predictor, concepts = COMPUTE.run(load_models, settings)
-    return SamBackend(settings, predictor, concepts=concepts)
-
-
-def load_models(settings: Settings) -> tuple[Any, Any]:
-    """The predictor SAM_CHOICE names, loaded from its files, and SAM 3's concept detector (else None).
-
-    SAM 3's clicks go to its tracker (the predictor), which shares the detector's image backbone; the ONNX
-    path never imports torch.
-    """
-    if settings.sam_choice == "ONNX":
-        from onnx_sam import load_onnx_predictor as load_predictor
-    elif settings.sam_choice in ("SAM2", "SAM3"):
-        from hf_sam import load_prompt_predictor as load_predictor
-    else:
-        from advanced_sam import load_predictor
-    predictor = load_predictor(settings)
-    if settings.sam_choice != "SAM3":
-        return predictor, None
-    from sam3_concepts import load_concept_segmenter, share_backbone
-
-    concepts = load_concept_segmenter(settings)
-    share_backbone(concepts, predictor)
-    return predictor, concepts
-
-
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """gunicorn's configuration, from the same settings (`gunicorn.conf.py` reads it too)."""
-    return {
-        "bind": f"{settings.host}:{settings.port}",
-        "workers": settings.workers,
-        "threads": settings.threads,
-        "worker_class": "gthread",
-        "timeout": 120,  # Label Studio waits up to 100 s for /predict
-        "graceful_timeout": 30,
-        "loglevel": settings.log_level.lower(),
-        "preload_app": False,  # each worker loads its own weights (and its own CUDA context)
-    }
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
 
 
 def __getattr__(name: str) -> Any:

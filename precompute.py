@@ -1,106 +1,11 @@
 """Embed every image of a Label Studio project ahead of annotation: `python -m precompute --project ID`.
 
-The embeddings go to the shared cache (REDIS_URL), where every backend worker and replica finds them, so no
-annotator waits for the encoder even on the first click. Resumable: an image already in the shared cache is
-skipped without being downloaded, so an interrupted run simply starts again.
+The command lives in `sam_ls_backend/precompute.py`; `--help` lists its options.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from typing import Iterator
 
-import requests
-from tqdm import tqdm
-
-from errors import BackendError, ConfigError
-from label_config import parse_label_config
-from settings import Settings
-
-log = logging.getLogger("precompute")
-
-PAGE_SIZE = 100
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Embed every image of a Label Studio project into REDIS_URL")
-    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    parser.add_argument("--limit", type=int, default=0, help="stop after this many tasks (0: all)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings.from_env()
-        if not settings.redis_url:
-            raise ConfigError("precompute fills the shared cache: set REDIS_URL (the backend's own cache "
-                              "already warms a task's image when the task is opened)")
-        if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise ConfigError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read the project's tasks")
-        from _wsgi import load_backend
-
-        backend = load_backend(settings)
-        counts = precompute(backend, args.project, args.limit)
-    except BackendError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2
-    print(", ".join(f"{count} {what}" for what, count in counts.items()))
-    return 0 if not counts["failed"] else 1
-
-
-def precompute(backend, project: int, limit: int = 0) -> dict[str, int]:
-    """Embed each task image of `project`; counts of images encoded, already shared, and failed."""
-    api = _LabelStudioApi(backend)
-    config = parse_label_config(api.get(f"/api/projects/{project}/")["label_config"])
-    fields = [config.image_fields[name] for name in config.masked_images if name in config.image_fields]
-    counts = {"encoded": 0, "already shared": 0, "failed": 0}
-    total = api.get("/api/tasks/", params={"project": project, "page_size": 1}).get("total")
-    bar = tqdm(total=min(total, limit) if total and limit else (limit or total), unit="task", desc="embedding")
-    for index, task in enumerate(api.tasks(project)):
-        if limit and index >= limit:
-            break
-        for field in fields:
-            url = task.get("data", {}).get(field)
-            if not isinstance(url, str) or not url.strip():
-                continue
-            try:
-                _, source = backend.first_embeddings.get(url.strip(), task.get("id"))
-                counts["encoded" if source == "encoder" else "already shared"] += 1
-            except BackendError as error:
-                counts["failed"] += 1
-                log.warning("task %s: %s", task.get("id"), error.message)
-        bar.update(1)
-    bar.close()
-    return counts
-
-
-class _LabelStudioApi:
-    """The few Label Studio API calls precompute makes, with the backend's credentials."""
-
-    def __init__(self, backend) -> None:
-        self.images = backend.images
-        self.url = backend.settings.label_studio_url
-        self.session = requests.Session()
-
-    def get(self, path: str, params: dict | None = None) -> dict:
-        url = self.url + path
-        headers = {"Authorization": self.images.authorization(url) or ""}
-        response = self.session.get(url, params=params, headers=headers, timeout=60)
-        if response.status_code != 200:
-            raise BackendError(f"Label Studio answered HTTP {response.status_code} for {path}")
-        return response.json()
-
-    def tasks(self, project: int) -> Iterator[dict]:
-        """Every task of the project, page by page."""
-        page = 1
-        while True:
-            answer = self.get("/api/tasks/", params={"project": project, "page": page, "page_size": PAGE_SIZE})
-            tasks = answer.get("tasks", []) if isinstance(answer, dict) else answer
-            yield from tasks
-            if len(tasks) < PAGE_SIZE:
-                return
-            page += 1
-
+from sam_ls_backend.precompute import main
 
 if __name__ == "__main__":
     sys.exit(main())

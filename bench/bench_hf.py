@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checkpoints import save_random_checkpoint  # noqa: E402
-from compute_thread import COMPUTE  # noqa: E402
 from conftest import scene  # noqa: E402
 from hf_checkpoints import save_sam2_folder, save_sam3_folder  # noqa: E402
 from machine import cpu_model  # noqa: E402
+
+from sam_ls_backend.compute_thread import COMPUTE  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 
@@ -49,8 +50,8 @@ def main() -> int:
 
 def measure(folders: Path, repeats: int) -> dict[str, list[float]]:
     """Every row of the table, in seconds; one model in memory at a time."""
-    from prompts import Prompt
-    from settings import Settings
+    from sam_ls_backend.protocol.prompts import Prompt
+    from sam_ls_backend.settings import Settings
 
     image = scene(WIDTH, HEIGHT, seed=1)
     click = Prompt(label="person", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
@@ -58,7 +59,7 @@ def measure(folders: Path, repeats: int) -> dict[str, list[float]]:
     encodes = max(2, repeats // 2)
     rows: dict[str, list[float]] = {}
 
-    from advanced_sam import load_predictor
+    from sam_ls_backend.predictors.registry import load_predictor
 
     checkpoint = save_random_checkpoint("vit_t", folders / "mobile_sam.pt")
     mobile = load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint)))
@@ -66,13 +67,13 @@ def measure(folders: Path, repeats: int) -> dict[str, list[float]]:
     del mobile
     gc.collect()
 
-    from _wsgi import load_backend
-    from hf_sam import load_prompt_predictor
+    from sam_ls_backend.app import load_backend
+    from sam_ls_backend.predictors.registry import load_predictor
 
     sam2 = folders / "sam2.1-hiera-tiny"
     if not (sam2 / "config.json").is_file():
         save_sam2_folder(sam2, size="real")
-    predictor = load_prompt_predictor(Settings.from_env({}, SAM_CHOICE="SAM2", SAM2_MODEL_DIR=str(sam2)))
+    predictor = load_predictor(Settings.from_env({}, SAM_CHOICE="SAM2", SAM2_MODEL_DIR=str(sam2)))
     rows.update(prompt_rows("SAM 2.1-tiny", predictor, image, click, box, encodes, repeats))
     del predictor
     gc.collect()

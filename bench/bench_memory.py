@@ -22,11 +22,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from backend_process import BackendProcess  # noqa: E402
 from bench_server import MALLOC_ENV  # noqa: E402
-from machine import cpu_model  # noqa: E402
 from checkpoints import save_random_checkpoint  # noqa: E402
 from conftest import scene  # noqa: E402
 from image_host import ImageHost  # noqa: E402
 from ls_bodies import keypoint, predict_body  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 
 def main() -> int:

@@ -30,13 +30,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from advanced_sam import SamImagePredictor  # noqa: E402
 from checkpoints import save_random_checkpoint  # noqa: E402
-from onnx_converter import SAMPLE_PROMPTS, as_numpy, convert, load_sam, mask_iou, synthetic_picture  # noqa: E402
-from onnx_sam import load_onnx_predictor  # noqa: E402
-from predictor import Embedding, Predictor  # noqa: E402
 from machine import cpu_model  # noqa: E402
-from settings import Settings  # noqa: E402
+
+from sam_ls_backend.predictors.base import Embedding, Predictor  # noqa: E402
+from sam_ls_backend.predictors.onnx_convert import (  # noqa: E402
+    SAMPLE_PROMPTS,
+    as_numpy,
+    convert,
+    load_sam,
+    mask_iou,
+    synthetic_picture,
+)
+from sam_ls_backend.predictors.registry import load_predictor  # noqa: E402
+from sam_ls_backend.predictors.sam import SamImagePredictor  # noqa: E402
+from sam_ls_backend.settings import Settings  # noqa: E402
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height of the pictures clicked on
 
@@ -92,7 +100,7 @@ def onnx_predictor(files: list[Path], suffix: str, checkpoint: Path) -> Predicto
     """The served ONNX predictor on the exported decoder and encoder of one precision."""
     by_name = {path.name: path for path in files}
     stem = checkpoint.stem
-    return load_onnx_predictor(Settings.from_env(
+    return load_predictor(Settings.from_env(
         {}, SAM_CHOICE="ONNX", DEVICE="cpu", ONNX_DECODER=str(by_name[f"{stem}.decoder{suffix}.onnx"]),
         ONNX_ENCODER=str(by_name[f"{stem}.encoder{suffix}.onnx"])))
 

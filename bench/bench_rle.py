@@ -20,8 +20,9 @@ import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from brush_rle import encode_rle  # noqa: E402
 from machine import cpu_model  # noqa: E402
+
+from sam_ls_backend.protocol.brush_rle import encode_rle  # noqa: E402
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height
 SDK_REPEATS = 5

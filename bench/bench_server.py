@@ -29,11 +29,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from backend_process import BackendProcess  # noqa: E402
 from checkpoints import save_random_checkpoint  # noqa: E402
-from compute_thread import COMPUTE, on_compute_thread  # noqa: E402
 from conftest import scene  # noqa: E402
 from image_host import ImageHost  # noqa: E402
 from ls_bodies import keypoint, predict_body  # noqa: E402
 from machine import cpu_model  # noqa: E402
+
+from sam_ls_backend.compute_thread import COMPUTE, on_compute_thread  # noqa: E402
 
 # glibc malloc settings the Docker image uses: the encoder's large buffers are not handed back to the kernel.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
@@ -173,9 +174,9 @@ def in_process(checkpoint: Path, image: np.ndarray) -> tuple[Callable[[], object
     from label_studio_sdk.converter.brush import mask2rle
     from segment_anything import SamPredictor
 
-    from advanced_sam import load_predictor
-    from prompts import Prompt
-    from settings import Settings
+    from sam_ls_backend.predictors.registry import load_predictor
+    from sam_ls_backend.protocol.prompts import Prompt
+    from sam_ls_backend.settings import Settings
 
     predictor = load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint)))
     prompt = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))

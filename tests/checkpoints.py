@@ -12,7 +12,7 @@ import torch
 
 def save_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
     """Build `model_type` with seeded random weights and save its state dict to `path`."""
-    from advanced_sam import MODEL_BUILDERS  # the official registries' builders
+    from sam_ls_backend.predictors.sam import MODEL_BUILDERS  # the official registries' builders
 
     torch.manual_seed(seed)
     model = MODEL_BUILDERS[model_type]()

@@ -23,7 +23,7 @@ def vit_t_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vit_t_settings(vit_t_checkpoint: Path):
-    from settings import Settings
+    from sam_ls_backend.settings import Settings
 
     return Settings.from_env({}, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), LABEL_STUDIO_URL="http://127.0.0.1:9")
 
@@ -31,7 +31,7 @@ def vit_t_settings(vit_t_checkpoint: Path):
 @pytest.fixture(scope="session")
 def vit_t_predictor(vit_t_settings):
     """The predictor loaded through the same code a user's checkpoint takes."""
-    from advanced_sam import load_predictor
+    from sam_ls_backend.predictors.registry import load_predictor
 
     return load_predictor(vit_t_settings)
 
@@ -69,9 +69,9 @@ def image_host():
 @pytest.fixture(scope="session")
 def make_client(vit_t_predictor, image_host):
     """Build a Flask test client around the shared predictor, with a fresh cache and optional settings."""
-    from model import SamBackend
-    from server import create_app
-    from settings import Settings
+    from sam_ls_backend.backend import SamBackend
+    from sam_ls_backend.server import create_app
+    from sam_ls_backend.settings import Settings
 
     def make(**overrides: str):
         settings = Settings.from_env({}, LABEL_STUDIO_URL=image_host.url, LABEL_STUDIO_API_KEY=image_host.token,

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import redis
-
 from backend_process import free_port
 
 

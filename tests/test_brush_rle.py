@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-import brush_rle
-from brush_rle import MAX_PIXELS, encode_rle, encode_rle_bytes, rle_json
+from sam_ls_backend.protocol import brush_rle
+from sam_ls_backend.protocol.brush_rle import MAX_PIXELS, encode_rle, encode_rle_bytes, rle_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,5 +249,5 @@ def test_concurrent_calls_give_the_same_results() -> None:
 
 
 def test_the_module_does_not_import_the_sdk() -> None:
-    code = "import sys, brush_rle; assert 'label_studio_sdk' not in sys.modules"
+    code = "import sys, sam_ls_backend.protocol.brush_rle; assert 'label_studio_sdk' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

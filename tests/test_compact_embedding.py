@@ -6,12 +6,12 @@ import mmap
 
 import numpy as np
 import pytest
-
-import model
 from conftest import memory_owner, scene
 from ls_bodies import keypoint, predict_body
-from prompts import Prompt
 from reference import decode_brush_region
+
+from sam_ls_backend import backend as model
+from sam_ls_backend.protocol.prompts import Prompt
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

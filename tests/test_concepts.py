@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from concepts import split_concept_regions
-from errors import InvalidRequest
 from ls_bodies import keypoint, rectangle
-from model import concept_label
-from label_config import MaskControl
+
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.pipelines.concepts import concept_label
+from sam_ls_backend.protocol.concepts import concept_prompts
+from sam_ls_backend.protocol.label_config import Control
+from sam_ls_backend.protocol.regions import read_regions
 
 
 def textarea(text, to_name="image"):
@@ -19,32 +20,37 @@ def negative(region):
     return {**region, "is_positive": False}
 
 
+def split(regions, negative_labels=frozenset()):
+    """Concept prompts and the keypoints left for the tracker, as the backend reads a request."""
+    read = read_regions(regions, negative_labels)
+    return concept_prompts(read), list(read.keypoints)
+
+
 def test_typed_text_is_the_concept_and_clicks_are_left_for_the_tracker():
-    click = keypoint(10, 20)
-    concepts, clicks = split_concept_regions([textarea(["  red   car "]), click])
-    assert clicks == [click]
+    concepts, clicks = split([textarea(["  red   car "]), keypoint(10, 20)])
+    assert [(c.x, c.y, c.positive) for c in clicks] == [(10, 20, True)]
     assert [(c.to_name, c.text, c.threshold, c.boxes) for c in concepts] == [("image", "red car", None, ())]
 
 
 def test_a_number_typed_is_a_threshold_and_the_last_typed_wins():
-    concepts, _ = split_concept_regions([textarea(["person"]), textarea(["0.25"]), textarea(["dog"])])
+    concepts, _ = split([textarea(["person"]), textarea(["0.25"]), textarea(["dog"])])
     assert (concepts[0].text, concepts[0].threshold) == ("dog", 0.25)
 
 
 def test_rectangles_are_examples_and_counter_examples_in_order():
     regions = [rectangle(10, 10, 20, 20, label="car"), negative(rectangle(50, 50, 10, 10, label="car"))]
-    [concept], clicks = split_concept_regions(regions)
+    [concept], clicks = split(regions)
     assert clicks == [] and concept.text is None and concept.label == "car"
     assert concept.boxes == ((10, 10, 30, 30), (50, 50, 60, 60)) and concept.box_labels == (1, 0)
 
 
 def test_negative_labels_make_counter_examples():
-    [concept], _ = split_concept_regions([rectangle(10, 10, 20, 20, label="Background")], frozenset({"Background"}))
+    [concept], _ = split([rectangle(10, 10, 20, 20, label="Background")], frozenset({"Background"}))
     assert concept.box_labels == (0,) and concept.label is None
 
 
 def test_one_concept_per_image():
-    concepts, _ = split_concept_regions([textarea(["cat"], "left"), textarea(["dog"], "right")])
+    concepts, _ = split([textarea(["cat"], "left"), textarea(["dog"], "right")])
     assert {(c.to_name, c.text) for c in concepts} == {("left", "cat"), ("right", "dog")}
 
 
@@ -57,11 +63,11 @@ def test_one_concept_per_image():
 ])
 def test_bad_regions_are_named(region, message):
     with pytest.raises(InvalidRequest, match=message):
-        split_concept_regions([region])
+        split([region])
 
 
 def test_the_painted_label_follows_the_rectangle_then_the_words_typed():
-    controls = [MaskControl("tag", ("person", "car"))]
+    controls = [Control("tag", "BrushLabels", ("person", "car"))]
     assert concept_label("anything", "car", controls) == "car"
     assert concept_label("Car", None, controls) == "car"
     assert concept_label("red car", None, controls) == "car"

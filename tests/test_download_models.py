@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
 from fake_server import reply
 
 ROOT = Path(__file__).resolve().parent.parent

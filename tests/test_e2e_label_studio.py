@@ -24,14 +24,13 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from label_studio_sdk.converter.brush import decode_rle
-from PIL import Image
-
 from backend_process import ROOT, BackendProcess
 from conftest import scene
 from label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
-from redis_server import RedisServer
+from label_studio_sdk.converter.brush import decode_rle
 from ls_bodies import SAM_CONFIG, keypoint, rectangle
+from PIL import Image
+from redis_server import RedisServer
 from reference import decode_brush_region, reference_mask
 
 BACKEND_START_TIMEOUT_S = 180.0

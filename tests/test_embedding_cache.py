@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from embedding_cache import EmbeddingCache
+from sam_ls_backend.embeddings.cache import EmbeddingCache
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def test_hit_after_miss_and_counts():
     again = cache.get_or_compute("a", lambda: calls.append(1) or Blob(10))
     assert first is again and calls == [1]
     stats = cache.stats()
-    assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (1, 1, 1, 10)
+    assert (stats.hits, stats.misses, stats.entries, stats.cost) == (1, 1, 1, 10)
     assert cache.get("missing") is None
 
 
@@ -39,7 +39,7 @@ def test_least_recently_used_is_evicted_when_bytes_overflow():
     cache.get_or_compute("d", lambda: Blob(10))
     assert cache.get("b") is None
     assert all(cache.get(key) is not None for key in "acd")
-    assert cache.stats().bytes == 30
+    assert cache.stats().cost == 30
 
 
 def test_value_larger_than_the_budget_is_returned_but_not_kept():
@@ -113,7 +113,7 @@ def test_only_the_most_recently_used_entries_stay_exact():
     for key in "abcd":
         cache.get_or_compute(key, lambda: Blob(100))
     assert exact_keys(cache) == {"c", "d"}
-    assert cache.stats().bytes == 2 * 100 + 2 * 50
+    assert cache.stats().cost == 2 * 100 + 2 * 50
 
 
 def test_a_compacted_entry_used_again_stays_compact_and_pushes_the_next_one_out():
@@ -122,7 +122,7 @@ def test_a_compacted_entry_used_again_stays_compact_and_pushes_the_next_one_out(
         cache.get_or_compute(key, lambda: Blob(100))
     assert not cache.get("a").exact  # a fell out of the two most recent when c arrived
     assert exact_keys(cache) == {"c"}  # b is now third most recent: compacted
-    assert cache.stats().bytes == 100 + 50 + 50
+    assert cache.stats().cost == 100 + 50 + 50
 
 
 def test_entries_from_elsewhere_and_the_byte_budget_count_compacted_sizes():
@@ -133,7 +133,7 @@ def test_entries_from_elsewhere_and_the_byte_budget_count_compacted_sizes():
     assert exact_keys(cache) == {"c"} and cache.stats().entries == 3
     cache.get_or_compute("d", lambda: Blob(100))  # 350 before compaction: a goes, c is compacted
     assert cache.get("a") is None and exact_keys(cache) == {"d"}
-    assert cache.stats().bytes == 50 + 50 + 100
+    assert cache.stats().cost == 50 + 50 + 100
 
 
 def test_without_exact_entries_nothing_is_compacted():
@@ -159,5 +159,5 @@ def test_racing_uses_leave_only_the_most_recent_entries_exact_and_the_bytes_righ
         thread.join()
     most_recent = list(cache._entries)[-3:]
     assert exact_keys(cache, keys) <= set(most_recent) and len(exact_keys(cache, keys)) >= 1
-    assert cache.stats().bytes == sum(value.nbytes for value in cache._entries.values())
-    assert cache.stats().bytes <= 3 * 100 + 157 * 50
+    assert cache.stats().cost == sum(value.nbytes for value in cache._entries.values())
+    assert cache.stats().cost <= 3 * 100 + 157 * 50

@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
 from backend_process import BackendProcess
 from conftest import scene
 from fake_server import FakeServer, Trickle, redirect, reply
 from ls_bodies import keypoint, predict_body, rectangle
-from model import SamBackend
-from predictor import Embedding, MaskResult
-from prompts import Prompt
+from PIL import Image
 from reference import decode_brush_region, reference_mask
-from server import create_app
-from settings import Settings
+
+from sam_ls_backend.backend import SamBackend
+from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.protocol.prompts import Prompt
+from sam_ls_backend.server import create_app
+from sam_ls_backend.settings import Settings
 
 USER, PASSWORD = "ls", "hostile-pass"
 IMAGE = "/data/upload/9/hostile-scene.png"

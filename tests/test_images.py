@@ -18,14 +18,17 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from fake_server import FakeServer, Route, Seen, Trickle, redirect, reply
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from egress import Download, GuardedAdapter
-from errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
-from fake_server import FakeServer, Route, Seen, Trickle, redirect, reply
-from images import MAX_REDIRECTS, ImageSource, decode_image
-from settings import Settings
+from sam_ls_backend.errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
+from sam_ls_backend.media.decode import decode_image
+from sam_ls_backend.media.egress import Download, GuardedAdapter
+from sam_ls_backend.media.fetch import MAX_REDIRECTS, ImageSource
+from sam_ls_backend.settings import Settings
 
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 SECRET_QUERY = "X-Amz-Signature=topsecret"

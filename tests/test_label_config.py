@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from errors import InvalidRequest
-from label_config import parse_label_config
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.outputs import output_controls
+from sam_ls_backend.protocol.label_config import parse_label_config
 
 SAM_CONFIG = ('<View><Image name="image" value="$image" zoom="true"/><BrushLabels name="tag" toName="image">'
               '<Label value="Foreground"/><Label value="Cat"/></BrushLabels><KeyPointLabels name="tag2" '
@@ -17,7 +18,7 @@ SAM_CONFIG = ('<View><Image name="image" value="$image" zoom="true"/><BrushLabel
 def test_the_sam_config_maps_the_image_to_its_field_and_brush_control():
     config = parse_label_config(SAM_CONFIG)
     assert config.image_field("image") == "image"
-    brush = config.brush_control("image")
+    brush = config.control("image", "BrushLabels")
     assert brush.name == "tag" and brush.labels == ("Foreground", "Cat")
 
 
@@ -26,14 +27,14 @@ def test_two_images_each_with_its_own_brush():
                                 '<BrushLabels name="bl" toName="left"><Label value="x"/></BrushLabels>'
                                 '<BrushLabels name="br" toName="right"><Label value="y"/></BrushLabels></View>')
     assert config.image_field("right") == "b"
-    assert config.brush_control("left").name == "bl"
-    assert config.brush_control("right").labels == ("y",)
+    assert config.control("left", "BrushLabels").name == "bl"
+    assert config.control("right", "BrushLabels").labels == ("y",)
 
 
 def test_missing_brush_control_is_explained():
     config = parse_label_config('<View><Image name="image" value="$image"/></View>')
     with pytest.raises(InvalidRequest, match="no <BrushLabels"):
-        config.brush_control("image")
+        output_controls(config, "image")
     with pytest.raises(InvalidRequest, match='no <Image name="other"'):
         config.image_field("other")
 

@@ -21,17 +21,19 @@ import numpy as np
 import onnx
 import pytest
 import requests
-from PIL import Image
-
-import onnx_converter
-import onnx_export
 from backend_process import BackendProcess
 from conftest import ROOT, scene
-from errors import ConfigError
 from ls_bodies import keypoint, predict_body, rectangle
-from onnx_sam import DECODER_GRAPH, WEIGHTS_KEY, OnnxSamPredictor, load_onnx_predictor, open_graph, preprocess
-from prompts import prompts_from_regions
+from PIL import Image
 from reference import decode_brush_region, reference_mask
+
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.predictors import onnx_convert as onnx_converter
+from sam_ls_backend.predictors import onnx_export
+from sam_ls_backend.predictors.onnx_graph import DECODER_GRAPH, WEIGHTS_KEY
+from sam_ls_backend.predictors.onnx_runtime import OnnxSamPredictor, open_graph, preprocess
+from sam_ls_backend.predictors.registry import load_predictor
+from sam_ls_backend.protocol.prompts import prompts_from_regions
 
 SIZES = [(1024, 768), (700, 1500), (4000, 3000), (333, 517)]  # width × height
 
@@ -78,7 +80,7 @@ def onnx_settings(export: Export, vit_t_settings):
 
 @pytest.fixture(scope="session")
 def onnx_predictor(onnx_settings):
-    return load_onnx_predictor(onnx_settings)
+    return load_predictor(onnx_settings)
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +174,7 @@ def test_concurrent_clicks_on_different_images_keep_their_own_masks(embedded, on
 
 
 def test_torch_encoder_serves_the_decoder_when_no_onnx_encoder_is_set(onnx_settings, embedded, vit_t_predictor):
-    predictor = load_onnx_predictor(onnx_settings.with_overrides(onnx_encoder=""))
+    predictor = load_predictor(onnx_settings.with_overrides(onnx_encoder=""))
     image, torch_embedding, _ = embedded((333, 517))
     embedding = predictor.embed(image)
     assert isinstance(embedding.features, np.ndarray)
@@ -182,7 +184,7 @@ def test_torch_encoder_serves_the_decoder_when_no_onnx_encoder_is_set(onnx_setti
 
 
 def test_int8_decoder_is_served_like_the_fp32_one(onnx_settings, embedded, vit_t_predictor):
-    predictor = load_onnx_predictor(onnx_settings.with_overrides(onnx_decoder=onnx_settings.onnx_decoder.replace(
+    predictor = load_predictor(onnx_settings.with_overrides(onnx_decoder=onnx_settings.onnx_decoder.replace(
         ".decoder.onnx", ".decoder.int8.onnx")))
     _, torch_embedding, onnx_embedding = embedded((1024, 768))
     (prompt,) = prompts_from_regions(REGIONS["box"])
@@ -269,7 +271,7 @@ def test_export_leaves_the_torch_model_in_eval_mode(vit_t_predictor, tmp_path):
 
 
 def test_onnx_checkpoint_is_an_alias_of_onnx_decoder():
-    from settings import Settings
+    from sam_ls_backend.settings import Settings
 
     settings = Settings.from_env({"SAM_CHOICE": "onnx", "ONNX_CHECKPOINT": "exported.onnx"})
     assert (settings.sam_choice, settings.onnx_decoder) == ("ONNX", "exported.onnx")
@@ -301,7 +303,7 @@ def test_unusable_files_are_refused_with_what_is_wrong(onnx_settings, export, tm
     }
     for message, overrides in cases.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
-            load_onnx_predictor(onnx_settings.with_overrides(**overrides))
+            load_predictor(onnx_settings.with_overrides(**overrides))
 
 
 def test_torch_free_requirements_pin_what_the_server_pins_minus_torch():

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from brush_rle import encode_rle
-from label_config import MaskControl
-from polygons import PolygonOptions, mask_to_polygons, polygon_to_percent, remove_small_regions
-from results import to_results
+from sam_ls_backend.outputs import OUTPUTS, to_results
+from sam_ls_backend.protocol.brush_rle import encode_rle
+from sam_ls_backend.protocol.label_config import Control
+from sam_ls_backend.protocol.polygons import PolygonOptions, mask_to_polygons, polygon_to_percent, remove_small_regions
 
-BRUSH = MaskControl("tag", ("Foreground",), "brush")
-POLYGON = MaskControl("poly", ("Foreground",), "polygon")
+BRUSH = (OUTPUTS["brush"], Control("tag", "BrushLabels", ("Foreground",)))
+POLYGON = (OUTPUTS["polygon"], Control("poly", "PolygonLabels", ("Foreground",)))
 
 
 def rasterize(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from errors import InvalidRequest
-from prompts import Prompt, prompts_from_regions
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.protocol.prompts import Prompt, prompts_from_regions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "label-studio-1.23.2"
 

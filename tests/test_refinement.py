@@ -9,15 +9,15 @@ import mmap
 
 import numpy as np
 import pytest
-from segment_anything import SamPredictor
-
-from advanced_sam import SamImagePredictor
 from conftest import memory_owner, scene
 from ls_bodies import keypoint, predict_body, rectangle
-from predictor import Embedding, MaskResult
-from prompts import Prompt
 from reference import decode_brush_region
-from refinement import LOGITS_BYTES, RefinementHistory
+from segment_anything import SamPredictor
+
+from sam_ls_backend.embeddings.refinement import LOGITS_BYTES, RefinementHistory
+from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.predictors.sam import SamImagePredictor
+from sam_ls_backend.protocol.prompts import Prompt
 
 WIDTH, HEIGHT = 320, 240
 SCALE = np.array([WIDTH / 100, HEIGHT / 100])
@@ -82,9 +82,9 @@ def test_refinement_is_counted_and_kept_per_image(make_client, url, image_host):
                             (url, [keypoint(20, 20), keypoint(30, 30)])):
         response = client.post("/predict", json=predict_body(target, regions, task_id=5))
         assert response.status_code == 200
-        stats.append(len(backend.history))
+        stats.append(backend.history._rounds.stats().entries)
     assert stats == [1, 2, 2]
-    key = next(k for k in backend.history._rounds if k[2] == url)
+    key = next(k for k in backend.history._rounds._entries if k[2] == url)
     prompts = [Prompt("Foreground", "image", points=((20, 20), (30, 30), (40, 40)), point_labels=(1, 1, 1))]
     assert backend.history.mask_inputs(key, prompts)[0] is not None, "the image's round survived the other image"
 
@@ -164,9 +164,9 @@ class StubPredictor:
 
 
 def stub_backend(image_host, predictor: StubPredictor, **settings: str):
-    from model import SamBackend
-    from server import create_app
-    from settings import Settings
+    from sam_ls_backend.backend import SamBackend
+    from sam_ls_backend.server import create_app
+    from sam_ls_backend.settings import Settings
 
     settings = Settings.from_env({}, LABEL_STUDIO_URL=image_host.url, LABEL_STUDIO_API_KEY=image_host.token,
                                  **settings)
@@ -184,7 +184,7 @@ def test_masks_under_the_score_threshold_are_not_returned(image_host, url):
     result = click(client, url, regions)
     assert [r["value"]["brushlabels"] for r in result] == [["b"], ["c"]]
     assert len(stub.asked) == 3, "a predictor without predict_batch is asked once per object"
-    assert len(backend.history) == 0, "and its answers are not refined"
+    assert backend.history._rounds.stats().entries == 0, "and its answers are not refined"
 
 
 def test_min_area_removes_small_islands_and_holes(image_host, url):
@@ -229,5 +229,6 @@ def test_history_stays_within_its_bound_under_concurrent_rounds():
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(rounds, range(8)))
-    assert len(history) == 10
-    assert history._bytes == sum(entry.nbytes for entry in history._rounds.values()) <= history.max_bytes
+    kept = history._rounds.stats()
+    assert kept.entries == 10
+    assert kept.cost == sum(entry.nbytes for entry in history._rounds._entries.values()) <= history._rounds.max_cost

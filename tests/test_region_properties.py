@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import scene
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ls_bodies import keypoint, predict_body
 from reference import decode_brush_region
 

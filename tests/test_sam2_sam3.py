@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import requests
 import torch
-
 from conftest import scene
 from ls_bodies import keypoint, predict_body, rectangle
 from reference import decode_brush_region
@@ -39,8 +38,8 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backends(folders, image_host):
     """A Flask test client per SAM_CHOICE, built the way `_wsgi.build_app` builds it."""
-    from _wsgi import build_app
-    from settings import Settings
+    from sam_ls_backend.app import build_app
+    from sam_ls_backend.settings import Settings
 
     made = {}
     for choice in ("SAM2", "SAM3"):
@@ -213,8 +212,8 @@ def test_concept_returns_every_instance_above_the_threshold(backends, folders, i
 
 
 def test_score_threshold_is_the_default_for_concepts(folders, image_host):
-    from _wsgi import build_app
-    from settings import Settings
+    from sam_ls_backend.app import build_app
+    from sam_ls_backend.settings import Settings
 
     image = scene(90, 60, seed=6)
     url = image_host.add_image("/data/upload/1/default-threshold.png", image)
@@ -289,15 +288,21 @@ def test_sam3_clicks_go_to_the_tracker(backends, folders, image_host):
 
 def test_sam3_tracker_and_detector_share_one_vision_backbone(folders):
     """The published checkpoint gives both the same ViT: one copy is kept, unless the weights differ."""
-    from hf_sam import load_prompt_predictor
-    from sam3_concepts import load_concept_segmenter, share_backbone
-    from settings import Settings
+    from sam_ls_backend.predictors.hf import load_prompt_predictor
+    from sam_ls_backend.predictors.registry import model_spec
+    from sam_ls_backend.predictors.sam3 import load_concept_segmenter, share_backbone
+    from sam_ls_backend.settings import Settings
 
     settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]))
-    concepts, tracker = load_concept_segmenter(settings), load_prompt_predictor(settings)
+    folder = model_spec("SAM3").main_file(settings)
+
+    def load_tracker():
+        return load_prompt_predictor(settings, folder, "Sam3TrackerModel", "Sam3TrackerProcessor", "sam3")
+
+    concepts, tracker = load_concept_segmenter(settings, folder), load_tracker()
     assert share_backbone(concepts, tracker)
     assert tracker.model.vision_encoder.backbone is concepts.model.vision_encoder.backbone
-    altered, other = load_concept_segmenter(settings), load_prompt_predictor(settings)
+    altered, other = load_concept_segmenter(settings, folder), load_tracker()
     with torch.no_grad():
         next(altered.model.vision_encoder.backbone.parameters()).add_(1.0)
     assert not share_backbone(altered, other)
@@ -306,16 +311,18 @@ def test_sam3_tracker_and_detector_share_one_vision_backbone(folders):
 
 def test_concept_features_from_another_process_are_enough(folders):
     """A replica that gets an image's features from the shared cache detects without ever running its encoder."""
-    from predictor import Embedding
-    from sam3_concepts import load_concept_segmenter
-    from settings import Settings
+    from sam_ls_backend.predictors.base import Embedding
+    from sam_ls_backend.predictors.registry import model_spec
+    from sam_ls_backend.predictors.sam3 import load_concept_segmenter
+    from sam_ls_backend.settings import Settings
 
     settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]))
+    folder = model_spec("SAM3").main_file(settings)
     image = scene(70, 50, seed=20)
-    encoded = load_concept_segmenter(settings).embed(image)
+    encoded = load_concept_segmenter(settings, folder).embed(image)
     shared = Embedding(features=tuple(a.cpu().numpy() for a in encoded.arrays), input_size=encoded.input_size,
                        original_size=encoded.original_size)
-    fresh = load_concept_segmenter(settings)
+    fresh = load_concept_segmenter(settings, folder)
     found = fresh.detect(shared, "dog", [], [])
     expected = concept_reference(folders["SAM3"], image, "dog", 0.0)
     assert np.allclose(found.scores, [score for score, _ in expected], atol=1e-5)
@@ -326,9 +333,9 @@ def test_opening_a_task_warms_sam3_concept_features(folders, image_host):
     so the first concept typed runs no image encoder."""
     import time
 
-    from _wsgi import load_backend
-    from server import create_app
-    from settings import Settings
+    from sam_ls_backend.app import load_backend
+    from sam_ls_backend.server import create_app
+    from sam_ls_backend.settings import Settings
 
     settings = Settings.from_env({}, SAM_CHOICE="SAM3", SAM3_MODEL_DIR=str(folders["SAM3"]),
                                  LABEL_STUDIO_URL=image_host.url, LABEL_STUDIO_API_KEY=image_host.token)
@@ -387,7 +394,9 @@ def test_the_server_never_asks_the_hub(folders, image_host, tmp_path):
 
 def test_no_concept_request_is_a_500(backends, image_host):
     """Whatever textarea, rectangle and keypoint regions hold, SAM 3 answers 200 or a 4xx naming the problem."""
-    from hypothesis import HealthCheck, given, settings as examples, strategies as st
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as examples
+    from hypothesis import strategies as st
     from test_region_properties import ANY_REGION, JSON
 
     url = image_host.add_image("/data/upload/1/hostile-concepts.png", scene(48, 36, seed=17))

@@ -8,7 +8,6 @@ import re
 import time
 
 import pytest
-
 from conftest import scene
 from ls_bodies import FIXTURES, keypoint, predict_body, rectangle
 from reference import decode_brush_region

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
 from backend_process import ROOT, BackendProcess, free_port
 from conftest import scene
 from ls_bodies import keypoint, predict_body, rectangle

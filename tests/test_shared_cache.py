@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-
 from backend_process import BackendProcess, free_port
 from conftest import scene
 from ls_bodies import keypoint, predict_body
-from predictor import Embedding
 from redis_server import RedisServer
 from reference import decode_brush_region
-from shared_cache import SharedEmbeddings
+
+from sam_ls_backend.embeddings.shared import SharedEmbeddings
+from sam_ls_backend.predictors.base import Embedding
 
 
 @pytest.fixture(scope="module")

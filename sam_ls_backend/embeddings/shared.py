@@ -12,12 +12,11 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import redis
 
-from predictor import Embedding, mapped_copy
+from sam_ls_backend.predictors.base import Embedding, mapped_copy
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +70,6 @@ class SharedEmbeddings:
                             what, type(error).__name__)
                 self._quiet_until = now + _QUIET_SECONDS
             return None
-
-
-def model_fingerprint(model_version: str, files: list[Path]) -> str:
-    """Identifies the weights cheaply: the model's name, and each file's size, head and tail."""
-    digest = hashlib.sha256(model_version.encode())
-    for path in files:
-        size = path.stat().st_size
-        digest.update(str(size).encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(size - (1 << 20), 0))
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 def _pack(embedding: Embedding) -> bytes:

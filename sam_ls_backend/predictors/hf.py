@@ -16,31 +16,32 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compute_thread import on_compute_thread
-from errors import ConfigError
-from predictor import Embedding, MaskResult
-from prompts import Prompt
-from settings import Settings
+from sam_ls_backend.compute_thread import on_compute_thread
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.predictors.device import resolve_device, use_torch_threads
+from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.registry import LoadedModels
+from sam_ls_backend.protocol.prompts import Prompt
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Model folder files that mark a complete Hugging Face snapshot.
-REQUIRED_FILES = ("config.json",)
+def load_sam2(settings: Settings, folder: ModelFile) -> LoadedModels:
+    """SAM_CHOICE=SAM2: SAM 2 / 2.1 from its local Hugging Face folder, ready for clicks."""
+    return LoadedModels(load_prompt_predictor(settings, folder, "Sam2Model", "Sam2Processor", "sam2"))
 
 
-def load_prompt_predictor(settings: Settings) -> "HfPromptPredictor":
-    """SAM 2 (SAM_CHOICE=SAM2) or SAM 3's tracker (SAM_CHOICE=SAM3) from its local folder, ready for clicks."""
-    transformers = import_transformers(settings)
-    folder = model_folder(settings)
+def load_prompt_predictor(settings: Settings, folder: ModelFile, model_class: str, processor_class: str,
+                          model_type: str) -> HfPromptPredictor:
+    """A promptable SAM (`transformers.<model_class>`) from its local folder, ready for clicks."""
+    transformers = import_transformers()
+    path = folder.require_folder()
+    use_torch_threads(settings)
     started = time.perf_counter()
-    if settings.sam_choice == "SAM2":
-        model_class, processor_class, model_type = transformers.Sam2Model, transformers.Sam2Processor, "sam2"
-    else:
-        model_class, processor_class = transformers.Sam3TrackerModel, transformers.Sam3TrackerProcessor
-        model_type = "sam3"
-    model, processor = load_pretrained(model_class, processor_class, folder, settings)
-    log.info("loaded %s (%s) from %s on %s in %.1f s", settings.sam_choice, model_class.__name__, folder,
-             model.device, time.perf_counter() - started)
+    model, processor = load_pretrained(getattr(transformers, model_class), getattr(transformers, processor_class),
+                                       path, settings)
+    log.info("loaded %s from %s on %s in %.1f s", model_class, path, model.device, time.perf_counter() - started)
     return HfPromptPredictor(model, processor, model_type)
 
 
@@ -103,34 +104,20 @@ class HfPromptPredictor:
         return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
 
 
-def import_transformers(settings: Settings) -> Any:
+def import_transformers() -> Any:
     """`transformers`, made unable to reach the network before it is first imported (HF_HUB_OFFLINE)."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # weights, configs and the tokenizer come from the folder only
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
-        import torch
+        import torch  # noqa: F401
         import transformers
     except ImportError as error:
-        raise ConfigError(f"SAM_CHOICE={settings.sam_choice} needs torch and transformers: {error}") from None
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+        raise ConfigError(f"SAM 2.1 and SAM 3 need torch and transformers: {error}") from None
     return transformers
-
-
-def model_folder(settings: Settings) -> Path:
-    """The local Hugging Face model folder of SAM_CHOICE, checked to be one."""
-    folder = settings.checkpoint_path
-    if not folder.is_dir() or not all((folder / name).is_file() for name in REQUIRED_FILES):
-        variable = "SAM2_MODEL_DIR" if settings.sam_choice == "SAM2" else "SAM3_MODEL_DIR"
-        raise ConfigError(f"model folder not found or incomplete: {folder}. Run ./download_models.sh "
-                          f"{settings.sam_choice.lower()} or set {variable} to a downloaded model folder")
-    return folder
 
 
 def load_pretrained(model_class: Any, processor_class: Any, folder: Path, settings: Settings) -> tuple[Any, Any]:
     """A model and its processor from `folder` only, on DEVICE, in eval mode."""
-    from advanced_sam import resolve_device
-
     try:
         model = model_class.from_pretrained(folder, local_files_only=True)
         processor = processor_class.from_pretrained(folder, local_files_only=True)

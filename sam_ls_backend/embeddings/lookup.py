@@ -14,12 +14,13 @@ from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from embedding_cache import EmbeddingCache
-from images import ImageSource, decode_image
-from metrics import ENCODER_SECONDS
-from predictor import Embedding, Predictor
-from settings import Settings
-from shared_cache import SharedEmbeddings
+from sam_ls_backend.embeddings.cache import EmbeddingCache
+from sam_ls_backend.embeddings.shared import SharedEmbeddings
+from sam_ls_backend.media.decode import decode_image
+from sam_ls_backend.media.fetch import ImageSource
+from sam_ls_backend.metrics import ENCODER_SECONDS
+from sam_ls_backend.predictors.base import Embedding, Predictor
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ImageEmbeddings:
         shared = self.shared.get(self.kind + digest)
         if shared is None:
             return None
-        self.cache.put(self.kind + digest, shared)
+        self.cache.put(self.kind + digest, shared, replace=False)
         return shared, "shared"
 
     def _kept(self, embedding: Embedding) -> Embedding:

@@ -7,20 +7,30 @@ number of points is a dynamic axis, so one file serves every image size, aspect 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from onnx_sam import (DECODER_GRAPH, DECODER_INPUTS, DECODER_OUTPUTS, EMBEDDING_SHAPE, ENCODER_GRAPH,
-                      ENCODER_INPUTS, ENCODER_OUTPUTS, GRAPH_KEY, IMAGE_SIZE, MODEL_TYPE_KEY, WEIGHTS_KEY)
+from sam_ls_backend.predictors.onnx_graph import (
+    DECODER_GRAPH,
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    EMBEDDING_SHAPE,
+    ENCODER_GRAPH,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    GRAPH_KEY,
+    IMAGE_SIZE,
+    MODEL_TYPE_KEY,
+    WEIGHTS_KEY,
+)
+from sam_ls_backend.predictors.sam import weights_fingerprint
 
 OPSET = 17
 EXTERNAL_DATA_BYTES = 1_800_000_000  # beyond this, weights go to a `<file>.data` beside the graph (protobuf's 2 GB)
@@ -104,15 +114,6 @@ def export_encoder(sam: nn.Module, path: Path, model_type: str) -> None:
     """Write `sam`'s image encoder to `path`: normalised, zero-padded 1×3×1024×1024 pixels in, embeddings out."""
     _export(sam.image_encoder, (torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE),), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
             {}, {GRAPH_KEY: ENCODER_GRAPH, MODEL_TYPE_KEY: model_type, WEIGHTS_KEY: weights_fingerprint(sam)})
-
-
-def weights_fingerprint(sam: nn.Module) -> str:
-    """A hash of every weight: ties exported graphs to each other and to the checkpoint they came from."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(sam.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()))
-    return digest.hexdigest()
 
 
 def _export(module: nn.Module, example: tuple, path: Path, inputs: tuple, outputs: tuple, dynamic: dict,

@@ -1,38 +1,29 @@
-"""Task images: fetched the way Label Studio serves them, decoded into the RGB arrays SAM takes.
+"""Task media downloaded the way Label Studio serves them: any URL a task holds, to its bytes.
 
 Label Studio hands the backend URLs, not pixels: paths relative to itself, plain http(s), cloud URIs only it
 can sign, or data: URIs. `ImageSource.read` turns any of them into bytes, sending credentials to Label
-Studio's own host and nowhere else, and reaching internal addresses only on Label Studio's host and the
-hosts in ALLOWED_IMAGE_HOSTS (see egress.py); `decode_image` turns the bytes into an upright H×W×3 uint8 array.
+Studio's own host and nowhere else (label_studio.py), and reaching internal addresses only on Label Studio's
+host and the hosts in ALLOWED_IMAGE_HOSTS (egress.py), within a byte cap and a total deadline.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
 import logging
-import threading
-import time
-from urllib.parse import unquote_to_bytes, urlencode, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
-import numpy as np
 import requests
-from PIL import Image, ImageOps, UnidentifiedImageError
 from urllib3.exceptions import ReadTimeoutError
 
-from egress import AddressRefused, Download, GuardedAdapter
-from errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
-from settings import Settings
+from sam_ls_backend.errors import ConfigError, ImageFetchError, ImageTimeout, InvalidImage, InvalidRequest
+from sam_ls_backend.media.egress import AddressRefused, Download, GuardedAdapter
+from sam_ls_backend.media.label_studio import HTTP_SCHEMES, LabelStudio, origin, token_url, url_scheme
+from sam_ls_backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-# A cached access token is renewed this long before its `exp`, so it never expires in flight.
-TOKEN_MARGIN_SECONDS = 30.0
 CHUNK_BYTES = 64 * 1024
-HTTP_SCHEMES = ("http", "https")
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # Status 413 (Content Too Large) for an image beyond IMAGE_MAX_MB.
 TOO_LARGE = 413
 # Status 403 (Forbidden) for an image on an address the backend does not fetch from.
@@ -52,20 +43,12 @@ class ImageSource:
         self._allowed_hosts = allowed_hosts(settings.allowed_image_hosts)
         self._timeout = (settings.image_connect_timeout, settings.image_read_timeout)
         self._max_bytes = settings.image_max_mb * 1024 * 1024
-        self._lock = threading.Lock()
-        self._ls_url = settings.label_studio_url.strip().rstrip("/")
-        self._api_key = settings.label_studio_api_key.strip()
-        # (personal access token, access token it was exchanged for, time.time() to renew it at)
-        self._access: tuple[str, str, float] = ("", "", 0.0)
-        self._access_lock = threading.Lock()
+        self.label_studio = LabelStudio(settings.label_studio_url, settings.label_studio_api_key, self._session,
+                                        self._timeout)
 
     def use_label_studio(self, url: str | None, api_key: str | None) -> None:
         """Fallback from the /setup body (`hostname`, `access_token`): used only for what the environment left unset."""
-        with self._lock:
-            if url and not self._settings.label_studio_url:
-                self._ls_url = url.strip().rstrip("/")
-            if api_key and not self._settings.label_studio_api_key:
-                self._api_key = api_key.strip()
+        self.label_studio.use(url, api_key)
 
     def read(self, url: str, task_id: int | None = None) -> bytes:
         """The bytes of the image a task's data points to.
@@ -89,29 +72,7 @@ class ImageSource:
 
     def _resolve(self, url: str, task_id: int | None, shown: str) -> str:
         """The http(s) URL to start downloading from: LS-relative paths and cloud URIs go through Label Studio."""
-        scheme = _scheme(url)
-        if scheme in HTTP_SCHEMES:
-            return url
-        ls_url = self._label_studio()[0]
-        if url.startswith("/"):
-            if not ls_url:
-                raise ImageFetchError(
-                    f"task image '{shown}' is relative to Label Studio, but LABEL_STUDIO_URL is not set")
-            return ls_url + url
-        if not scheme:
-            raise InvalidRequest(
-                f"task image '{shown}' is not a URL: expected a path on Label Studio, http(s)://, a cloud URI or data:")
-        if not ls_url:
-            raise ImageFetchError(
-                f"task image '{shown}' is a cloud storage URI that only Label Studio can sign, "
-                "but LABEL_STUDIO_URL is not set")
-        if task_id is None:
-            raise InvalidRequest(
-                f"task image '{shown}' is a cloud storage URI, which Label Studio signs per task, "
-                "but the task has no id")
-        # Label Studio decodes `fileuri` with urlsafe_b64decode (padding kept), as its SDK encodes it.
-        fileuri = base64.urlsafe_b64encode(url.encode()).decode()
-        return f"{ls_url}/tasks/{int(task_id)}/presign/?{urlencode({'fileuri': fileuri})}"
+        return self.label_studio.resolve(url, task_id, shown)
 
     def _download(self, url: str, shown: str) -> bytes:
         """The whole exchange, redirects included, within IMAGE_TOTAL_TIMEOUT and the address rules."""
@@ -130,7 +91,7 @@ class ImageSource:
     def _follow(self, url: str, shown: str) -> bytes:
         """Follow redirects by hand, so credentials are decided again for every host on the way."""
         for _ in range(MAX_REDIRECTS + 1):
-            if _scheme(url) not in HTTP_SCHEMES:
+            if url_scheme(url) not in HTTP_SCHEMES:
                 raise ImageFetchError(f"task image '{shown}' was redirected to '{_redact(url)}', which is not http(s)")
             response = self._get(url, shown)
             if not response.is_redirect:
@@ -189,8 +150,8 @@ class ImageSource:
 
     def _refused(self, status: int, url: str, shown: str) -> ImageFetchError:
         """The error for an upstream error status; says how to fix Label Studio credentials when they are the cause."""
-        if status in (401, 403) and self._is_label_studio(url):
-            if not self._label_studio()[1]:
+        if status in (401, 403) and self.label_studio.owns(url):
+            if not self.label_studio.has_key:
                 return ImageFetchError(f"Label Studio answered HTTP {status} for task image '{shown}': "
                                        "set LABEL_STUDIO_API_KEY so the backend can read task images")
             return ImageFetchError(f"Label Studio answered HTTP {status} for task image '{shown}': check that "
@@ -208,48 +169,12 @@ class ImageSource:
         return ImageFetchError(f"could not fetch task image '{shown}' from '{_redact(url)}': {type(exc).__name__}")
 
     def _authorization(self, url: str, rejected: str = "") -> str | None:
-        """The Authorization header `url` may receive: Label Studio's credentials on its own origin, none elsewhere."""
-        ls_url, key = self._label_studio()
-        if not key or not self._is_label_studio(url):
-            return None
-        claims = _jwt_claims(key)
-        if claims is None:
-            return f"Token {key}"
-        if claims.get("token_type") != "refresh":
-            return f"Bearer {key}"
-        return f"Bearer {self._access_token_for(ls_url, key, rejected.removeprefix('Bearer '))}"
-
-    def _access_token_for(self, ls_url: str, refresh: str, rejected: str) -> str:
-        """The access token for the PAT `refresh`: cached, exchanged anew near expiry or when rejected."""
-        with self._access_lock:
-            cached_for, token, renew_at = self._access
-            if cached_for == refresh and token and token != rejected and time.time() < renew_at:
-                return token
-            token = self._exchange(ls_url, refresh)
-            exp = (_jwt_claims(token) or {}).get("exp")
-            renew_at = float(exp) - TOKEN_MARGIN_SECONDS if isinstance(exp, (int, float)) else 0.0
-            self._access = (refresh, token, renew_at)
-            return token
-
-    def _exchange(self, ls_url: str, refresh: str) -> str:
-        """Trade a personal access token (a JWT refresh token) for a short-lived access token at Label Studio."""
-        url = f"{ls_url}/api/token/refresh/"
-        shown = "(personal access token exchange)"
+        """Label Studio's Authorization header for `url`; a failed token exchange is reported like a download's."""
         try:
-            response = self._session.post(url, json={"refresh": refresh}, timeout=self._timeout, allow_redirects=False)
+            return self.label_studio.authorization(url, rejected)
         except requests.RequestException as exc:
-            raise self._network_error(exc, url, shown) from None
-        if response.status_code != 200:
-            raise ImageFetchError(f"Label Studio answered HTTP {response.status_code} at '{url}' when exchanging "
-                                  "the personal access token in LABEL_STUDIO_API_KEY: check the token")
-        try:
-            token = response.json()["access"]
-        except (ValueError, KeyError, TypeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            raise ImageFetchError(f"Label Studio's answer at '{url}' holds no access token")
-        logger.info("exchanged the personal access token for an access token at %s", url)
-        return token
+            raise self._network_error(exc, token_url(self.label_studio.url),
+                                      "(personal access token exchange)") from None
 
     def _decode_data_uri(self, uri: str) -> bytes:
         """The bytes a `data:[<type>][;base64],<payload>` URI carries, within IMAGE_MAX_MB."""
@@ -265,23 +190,12 @@ class ImageSource:
                                status=TOO_LARGE)
         return data
 
-    def _label_studio(self) -> tuple[str, str]:
-        """Label Studio's URL and API key as currently known (environment first, then /setup)."""
-        with self._lock:
-            return self._ls_url, self._api_key
-
     def _may_reach_internal(self, host: str, port: int) -> bool:
         """Whether `host:port` may resolve to internal addresses: Label Studio's host, or one the operator listed."""
-        ls_origin = _origin(self._label_studio()[0])
+        ls_origin = origin(self.label_studio.url)
         if ls_origin is not None and ls_origin[1:] == (host, port):
             return True
         return (host, None) in self._allowed_hosts or (host, port) in self._allowed_hosts
-
-    def _is_label_studio(self, url: str) -> bool:
-        """Whether `url` has Label Studio's scheme, host and port: the only place credentials may go."""
-        ls_url = self._label_studio()[0]
-        origin = _origin(url)
-        return bool(ls_url) and origin is not None and origin == _origin(ls_url)
 
 
 def allowed_hosts(text: str) -> frozenset[tuple[str, int | None]]:
@@ -297,88 +211,6 @@ def allowed_hosts(text: str) -> frozenset[tuple[str, int | None]]:
             raise ConfigError(f"ALLOWED_IMAGE_HOSTS: {entry!r} is not a host name with an optional :port")
         hosts.add((host.rstrip("."), port))
     return frozenset(hosts)
-
-
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """H×W×3 uint8 RGB array of an encoded image; EXIF orientation applied.
-
-    The size is read from the header and checked against `max_pixels` before any pixel is decoded, so a small
-    file claiming huge dimensions costs nothing. Raises InvalidImage (422).
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        # Pillow's own process-wide guard fired before we could read the size: far beyond any sane limit.
-        raise InvalidImage("task image has more pixels than Pillow accepts "
-                           f"(over twice Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS})") from None
-    except UnidentifiedImageError:
-        raise InvalidImage("task image is not in an image format the backend can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImage(f"task image could not be decoded: {exc}") from None
-    with image:
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise InvalidImage(f"task image is empty ({width}×{height} pixels)")
-        if width * height > max_pixels:
-            raise InvalidImage(f"task image is {width}×{height} = {width * height / 1e6:.1f} megapixels, more than "
-                               f"the limit of {max_pixels / 1e6:g} (IMAGE_MAX_MEGAPIXELS)")
-        try:
-            ImageOps.exif_transpose(image, in_place=True)
-            return _rgb_array(image)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise InvalidImage(f"task image is damaged or truncated: {exc}") from None
-
-
-def _rgb_array(image: Image.Image) -> np.ndarray:
-    """The pixels as a C-contiguous H×W×3 uint8 array, the way a browser shows them; alpha is dropped, not blended."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        gray = _eight_bit(np.asarray(image))
-        return np.ascontiguousarray(np.repeat(gray[:, :, np.newaxis], 3, axis=2))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-
-
-def _eight_bit(values: np.ndarray) -> np.ndarray:
-    """Grey levels in 0–255: 16-bit values keep their high byte (as browsers do); others are stretched min..max."""
-    if values.dtype.kind in "ui" and values.min() >= 0 and values.max() <= 65535:
-        return (values >> 8).astype(np.uint8)
-    floats = np.nan_to_num(values.astype(np.float32))
-    low, high = float(floats.min()), float(floats.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((floats - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def _jwt_claims(token: str) -> dict | None:
-    """The payload of a JWT, unverified (only its type and expiry are read); None when `token` is not a JWT."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def _scheme(url: str) -> str:
-    """The lower-cased scheme of `url`; empty when it has none or is malformed."""
-    try:
-        return urlsplit(url).scheme.lower()
-    except ValueError:
-        return ""
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL, default port filled in; None when it has no usable host."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in HTTP_SCHEMES or not parts.hostname:
-        return None
-    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
 
 
 def _redact(url: str) -> str:

@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
-import metrics as model_metrics
-from errors import BackendError, InvalidRequest
-from model import PredictStats, SamBackend
-from results import JsonText
-from settings import Settings
+from sam_ls_backend import metrics as model_metrics
+from sam_ls_backend.backend import SamBackend
+from sam_ls_backend.errors import BackendError, InvalidRequest
+from sam_ls_backend.outputs.base import JsonText
+from sam_ls_backend.pipelines.base import PredictStats
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger("sam_ls_backend.http")
 
@@ -171,7 +172,7 @@ def _prompt_kind(stats: PredictStats | None) -> str:
 
 
 class _JsonProvider(DefaultJSONProvider):
-    """Flask's JSON, writing each `JsonText` value (a brush RLE, see results.py) as its ready-made text."""
+    """Flask's JSON, writing each `JsonText` value (a brush RLE, see outputs/brush.py) as its ready-made text."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         texts: list[str] = []
@@ -221,7 +222,7 @@ class _CacheCollector:
         yield CounterMetricFamily("sam_embedding_cache_misses", "embedding cache misses in this process",
                                   stats.misses)
         yield GaugeMetricFamily("sam_embedding_cache_entries", "embeddings held", stats.entries)
-        yield GaugeMetricFamily("sam_embedding_cache_bytes", "bytes of embeddings held", stats.bytes)
+        yield GaugeMetricFamily("sam_embedding_cache_bytes", "bytes of embeddings held", stats.cost)
         sources = CounterMetricFamily("sam_embedding_lookups", "embedding lookups by where the answer came from",
                                       labels=["source"])
         for source, count in self.backend.embeddings.sources().items():

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from compute_thread import on_compute_thread
-from hf_sam import import_transformers, load_pretrained, model_folder
-from predictor import Embedding
-from settings import Settings
+from sam_ls_backend.compute_thread import on_compute_thread
+from sam_ls_backend.predictors.base import Embedding
+from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.hf import import_transformers, load_pretrained, load_prompt_predictor
+from sam_ls_backend.predictors.registry import LoadedModels
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,21 @@ MASK_THRESHOLD = 0.5  # on the sigmoid of the mask logits, as Sam3Processor bina
 REMEMBERED_TEXTS = 256  # encoded concepts kept: annotators reuse a few concepts across many images
 
 
-def load_concept_segmenter(settings: Settings) -> "ConceptSegmenter":
+def load_sam3(settings: Settings, folder: ModelFile) -> LoadedModels:
+    """SAM_CHOICE=SAM3: the tracker for clicks and the concept detector, sharing one vision backbone."""
+    tracker = load_prompt_predictor(settings, folder, "Sam3TrackerModel", "Sam3TrackerProcessor", "sam3")
+    concepts = load_concept_segmenter(settings, folder)
+    share_backbone(concepts, tracker)
+    return LoadedModels(tracker, concepts)
+
+
+def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegmenter:
     """SAM 3's detector and processor from SAM3_MODEL_DIR (start-up only: takes seconds)."""
-    transformers = import_transformers(settings)
-    folder = model_folder(settings)
+    transformers = import_transformers()
+    path = folder.require_folder()
     started = time.perf_counter()
-    model, processor = load_pretrained(transformers.Sam3Model, transformers.Sam3Processor, folder, settings)
-    log.info("loaded SAM 3 concept detector from %s on %s in %.1f s", folder, model.device,
+    model, processor = load_pretrained(transformers.Sam3Model, transformers.Sam3Processor, path, settings)
+    log.info("loaded SAM 3 concept detector from %s on %s in %.1f s", path, model.device,
              time.perf_counter() - started)
     return ConceptSegmenter(model, processor)
 

@@ -11,24 +11,24 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from errors import ConfigError
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.outputs import RESULT_TYPES
+from sam_ls_backend.predictors.registry import MODELS
 
-HERE = Path(__file__).resolve().parent
+REPOSITORY = Path(__file__).resolve().parents[1]
 
-SAM_CHOICES = ("MobileSAM", "SAM", "ONNX", "SAM2", "SAM3")
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
-RESULT_TYPES = ("auto", "brush", "polygon", "both")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Configuration of one backend process. Field names are the environment variables, lower-cased."""
 
-    # Model. SAM_CHOICE=MobileSAM (default), SAM, ONNX (onnx_sam.py, files below), SAM2 (SAM 2 / 2.1) or SAM3
+    # Model. SAM_CHOICE=MobileSAM (default), SAM, ONNX (ONNX Runtime, files below), SAM2 (SAM 2 / 2.1) or SAM3
     # (text concepts and clicks); SAM2 and SAM3 load through Hugging Face transformers from the folders below.
     sam_choice: str = "MobileSAM"
     # Folder that relative checkpoint paths are resolved against (MODEL_DIR, `--model-dir`).
-    model_dir: Path = HERE / "models"
+    model_dir: Path = REPOSITORY / "models"
     mobilesam_checkpoint: str = "mobile_sam.pt"
     # SAM_CHECKPOINT; VITH_CHECKPOINT is accepted as an alias (the Label Studio tutorial's name).
     sam_checkpoint: str = "sam_vit_h_4b8939.pth"
@@ -132,36 +132,18 @@ class Settings:
         """A copy with some fields replaced (tests and the CLI use it)."""
         return replace(self, **values)
 
-    @property
-    def checkpoint_path(self) -> Path:
-        """The checkpoint file (or, for SAM2 and SAM3, folder) the chosen model loads, resolved against `model_dir`."""
-        names = {"MobileSAM": self.mobilesam_checkpoint, "SAM2": self.sam2_model_dir, "SAM3": self.sam3_model_dir}
-        return self.model_path(names.get(self.sam_choice, self.sam_checkpoint))
-
     def model_path(self, name: str) -> Path:
         """A model file's path: absolute as given, or relative to `model_dir`."""
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.model_dir / path
 
     @property
-    def model_files(self) -> list[Path]:
-        """The files whose contents define the model's answers (they fingerprint the shared cache)."""
-        if self.sam_choice == "ONNX":
-            encoder = self.model_path(self.onnx_encoder) if self.onnx_encoder else self.checkpoint_path
-            files = [self.model_path(self.onnx_decoder), encoder]
-        elif self.sam_choice in ("SAM2", "SAM3"):
-            files = sorted(self.checkpoint_path.glob("*.safetensors")) + [self.checkpoint_path / "config.json"]
-        else:
-            files = [self.checkpoint_path]
-        return [path for path in files if path.is_file()]
-
-    @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.basic_auth_user or self.basic_auth_pass)
 
     def _validate(self) -> None:
-        if self.sam_choice not in SAM_CHOICES:
-            raise ConfigError(f"SAM_CHOICE must be one of {', '.join(SAM_CHOICES)}, not {self.sam_choice!r}")
+        if self.sam_choice not in MODELS:
+            raise ConfigError(f"SAM_CHOICE must be one of {', '.join(MODELS)}, not {self.sam_choice!r}")
         if self.sam_model_type not in MODEL_TYPES:
             raise ConfigError(f"SAM_MODEL_TYPE must be one of {', '.join(MODEL_TYPES)}, not {self.sam_model_type!r}")
         device = self.device
@@ -222,7 +204,7 @@ def _convert(name: str, raw: str, kind: object) -> object:
     except ValueError:
         raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
     if name == "SAM_CHOICE":
-        return {c.lower(): c for c in SAM_CHOICES}.get(raw.strip().lower(), raw)
+        return {c.lower(): c for c in MODELS}.get(raw.strip().lower(), raw)
     if name in ("SAM_MODEL_TYPE", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":

@@ -20,39 +20,41 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from errors import ConfigError
-from predictor import Embedding, MaskResult
-from prompts import Prompt
-from settings import Settings
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.onnx_graph import (
+    BOX_CORNERS,
+    DECODER_GRAPH,
+    DECODER_OUTPUTS,
+    EMBEDDING_SHAPE,
+    ENCODER_GRAPH,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    GRAPH_KEY,
+    IMAGE_SIZE,
+    LOW_RES_SHAPE,
+    MODEL_TYPE_KEY,
+    PADDING_POINT,
+    WEIGHTS_KEY,
+)
+from sam_ls_backend.predictors.registry import LoadedModels, sam_checkpoint
+from sam_ls_backend.protocol.prompts import Prompt
+from sam_ls_backend.settings import Settings
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 1024  # SAM's square encoder input
-EMBEDDING_SHAPE = (1, 256, 64, 64)
-LOW_RES_SHAPE = (1, 1, 256, 256)  # the decoder's logits, and the refinement's mask_input
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # SAM's normalisation (RGB)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-
-# The graphs' interface, shared with onnx_export.py (see `PromptGraph` there for shapes and frames).
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "multimask",
-                  "input_size", "original_size")
-DECODER_OUTPUTS = ("mask", "score", "low_res_logits")
-ENCODER_INPUTS = ("pixels",)
-ENCODER_OUTPUTS = ("image_embeddings",)
-PADDING_POINT, BOX_CORNERS = -1, (2, 3)  # point labels beside SAM's 1 (positive) and 0 (negative)
-
-# Metadata written into every exported graph: what it is, and which checkpoint's weights it holds.
-GRAPH_KEY, MODEL_TYPE_KEY, WEIGHTS_KEY = "sam_graph", "sam_model_type", "sam_weights"
-DECODER_GRAPH, ENCODER_GRAPH = "prompt-decoder", "image-encoder"
 
 ImageEncoder = Callable[[np.ndarray], Embedding]
 
 
-def load_onnx_predictor(settings: Settings) -> OnnxSamPredictor:
-    """The ONNX predictor the settings name; ConfigError names any missing, unreadable or mismatched file."""
+def load(settings: Settings, decoder_file: ModelFile) -> LoadedModels:
+    """SAM_CHOICE=ONNX: the graphs the settings name; ConfigError names a missing, unreadable or mismatched file."""
     started = time.perf_counter()
     decoder_path, encoder_path = onnx_paths(settings)
     decoder = open_graph(decoder_path, "ONNX_DECODER", DECODER_GRAPH, settings.device)
@@ -68,7 +70,7 @@ def load_onnx_predictor(settings: Settings) -> OnnxSamPredictor:
         encoder = torch_image_encoder(settings, decoder_path, model_type, weights)
     log.info("loaded ONNX %s: decoder %s, encoder %s, on %s in %.1f s", model_type, decoder_path,
              encoder_path or "in torch", decoder.get_providers()[0], time.perf_counter() - started)
-    return OnnxSamPredictor(decoder, encoder, model_type)
+    return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type))
 
 
 def onnx_paths(settings: Settings) -> tuple[Path, Path | None]:
@@ -176,19 +178,18 @@ def resized_shape(height: int, width: int) -> tuple[int, int]:
 
 def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weights: str) -> ImageEncoder:
     """The torch encoder of the checkpoint the decoder was exported from (imports torch: no ONNX_ENCODER)."""
-    choice, variable = ("MobileSAM", "MOBILESAM_CHECKPOINT") if model_type == "vit_t" else ("SAM", "SAM_CHECKPOINT")
-    settings = settings.with_overrides(sam_choice=choice)
-    if not settings.checkpoint_path.is_file():
+    checkpoint = sam_checkpoint(settings, model_type)
+    if not checkpoint.path.is_file():
         raise ConfigError(f"SAM_CHOICE=ONNX without ONNX_ENCODER runs the {model_type} image encoder in torch from "
-                          f"{variable}={settings.checkpoint_path}, which does not exist: set ONNX_ENCODER to an "
-                          f"encoder exported with onnx_converter.py --encoder, or {variable} to the checkpoint")
-    from advanced_sam import load_predictor
-    from onnx_export import weights_fingerprint
+                          f"{checkpoint.variable}={checkpoint.path}, which does not exist: set ONNX_ENCODER to an "
+                          f"encoder exported with onnx_converter.py --encoder, or {checkpoint.variable} to the "
+                          "checkpoint")
+    from sam_ls_backend.predictors.sam import load_predictor, weights_fingerprint
 
-    torch_predictor = load_predictor(settings)
+    torch_predictor = load_predictor(settings, checkpoint, mobile=model_type == "vit_t")
     if weights_fingerprint(torch_predictor.model) != weights:
-        raise ConfigError(f"ONNX_DECODER={decoder} was not exported from {settings.checkpoint_path}: export it "
-                          f"from that checkpoint with onnx_converter.py, or set {variable} to its source")
+        raise ConfigError(f"ONNX_DECODER={decoder} was not exported from {checkpoint.path}: export it "
+                          f"from that checkpoint with onnx_converter.py, or set {checkpoint.variable} to its source")
 
     def encode(image: np.ndarray) -> Embedding:
         embedding = torch_predictor.embed(image)

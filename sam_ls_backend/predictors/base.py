@@ -14,7 +14,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from prompts import Prompt
+from sam_ls_backend.protocol.prompts import Prompt
 
 
 @dataclass(frozen=True)

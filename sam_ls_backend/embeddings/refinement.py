@@ -12,15 +12,14 @@ fresh. The history is per image key, bounded in bytes (least recently used out),
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import numpy as np
 
-from predictor import MaskResult, mapped_copy
-from prompts import Prompt
+from sam_ls_backend.lru import LRU
+from sam_ls_backend.predictors.base import MaskResult, mapped_copy
+from sam_ls_backend.protocol.prompts import Prompt
 
 MAX_OBJECTS = 32  # requests with more objects than this are not remembered
 LOGITS_BYTES = 256 * 256 * 4
@@ -47,15 +46,11 @@ class RefinementHistory:
     """The last round of prompts and answers per image key; thread-safe, at most `max_bytes` of logits."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._rounds: OrderedDict[Hashable, _Round] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._rounds: LRU[Hashable, _Round] = LRU(max_bytes, cost=lambda entry: entry.nbytes)
 
     def mask_inputs(self, key: Hashable, prompts: Sequence[Prompt]) -> list[np.ndarray | None]:
         """The `mask_input` for each prompt: previous logits when the request extends the last round, else None."""
-        with self._lock:
-            last = self._rounds.get(key)
+        last = self._rounds.get(key)
         if last is None or not last.elements <= _elements(prompts):
             return [None] * len(prompts)
         return [_previous_logits(prompt, last.objects) for prompt in prompts]
@@ -64,30 +59,11 @@ class RefinementHistory:
                  answers: Sequence[MaskResult]) -> None:
         """Keep this round as the one the next request on `key` may extend."""
         if len(prompts) > MAX_OBJECTS:
-            self.forget(key)
+            self._rounds.pop(key)
             return
         # Copies in memory of their own: kept for many clicks, logits left in the malloc heap fragment it.
         objects = tuple(_Object(p, m, mapped_copy(a.low_res_logits)) for p, m, a in zip(prompts, mask_inputs, answers))
-        entry = _Round(_elements(prompts), objects)
-        with self._lock:
-            self._drop(key)
-            self._rounds[key] = entry
-            self._bytes += entry.nbytes
-            while self._bytes > self.max_bytes and self._rounds:
-                self._drop(next(iter(self._rounds)))
-
-    def forget(self, key: Hashable) -> None:
-        with self._lock:
-            self._drop(key)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._rounds)
-
-    def _drop(self, key: Hashable) -> None:
-        entry = self._rounds.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.nbytes
+        self._rounds.put(key, _Round(_elements(prompts), objects))
 
 
 def _elements(prompts: Sequence[Prompt]) -> frozenset:

@@ -11,12 +11,8 @@ concept prompts: SAM 3's tracker segments one object from them, as SAM does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from errors import InvalidRequest
-from prompts import MAX_REGIONS, Box, rectangles_from_regions
-
-MAX_CONCEPT_CHARS = 200
+from sam_ls_backend.protocol.regions import Box, Regions
 
 
 @dataclass(frozen=True)
@@ -31,34 +27,16 @@ class ConceptPrompt:
     box_labels: tuple[int, ...] = ()  # 1 = an example of the concept, 0 = a counter-example
 
 
-def split_concept_regions(regions: Any, negative_labels: frozenset[str] = frozenset()) -> tuple[
-        list[ConceptPrompt], list[dict]]:
-    """Concept prompts (one per image) from textareas and rectangles, and the keypoint regions left for clicks."""
-    if not isinstance(regions, list):
-        raise InvalidRequest("context.result must be a list of regions")
-    if len(regions) > MAX_REGIONS:
-        raise InvalidRequest(f"context.result has {len(regions)} regions; at most {MAX_REGIONS} are accepted")
+def concept_prompts(regions: Regions) -> list[ConceptPrompt]:
+    """One concept prompt per image that has typed text or rectangles; keypoints are left for clicks."""
     texts: dict[str, list[str]] = {}
-    rectangles: list[dict] = []
-    clicks: list[dict] = []
-    for index, region in enumerate(regions):
-        if not isinstance(region, dict):
-            raise InvalidRequest(f"context.result[{index}] must be an object")
-        kind = region.get("type")
-        if kind == "textarea":
-            to_name, text = _typed_text(region, f"context.result[{index}]")
-            if text:
-                texts.setdefault(to_name, []).append(text)
-        elif kind == "rectanglelabels":
-            rectangles.append(region)
-        elif kind == "keypointlabels":
-            clicks.append(region)
+    for typed in regions.texts:
+        texts.setdefault(typed.to_name, []).append(typed.text)
     boxes: dict[str, list[tuple[Box, int, str | None]]] = {}
-    for rect in rectangles_from_regions(rectangles, negative_labels):
+    for rect in regions.rectangles:
         boxes.setdefault(rect.to_name, []).append((rect.box, int(rect.positive), rect.label))
-    concepts = [_concept(to_name, texts.get(to_name, []), boxes.get(to_name, []))
-                for to_name in dict.fromkeys([*texts, *boxes])]
-    return concepts, clicks
+    return [_concept(to_name, texts.get(to_name, []), boxes.get(to_name, []))
+            for to_name in dict.fromkeys([*texts, *boxes])]
 
 
 def _concept(to_name: str, texts: list[str], boxes: list[tuple[Box, int, str | None]]) -> ConceptPrompt:
@@ -75,21 +53,6 @@ def _concept(to_name: str, texts: list[str], boxes: list[tuple[Box, int, str | N
     )
 
 
-def _typed_text(region: dict, where: str) -> tuple[str, str]:
-    """The image a TextArea answers on and the text typed in it (lines joined, trimmed)."""
-    to_name = _to_name(region, where)
-    value = region.get("value")
-    lines = value.get("text") if isinstance(value, dict) else None
-    if isinstance(lines, str):
-        lines = [lines]
-    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
-        raise InvalidRequest(f"{where}.value.text must be a list of strings")
-    text = " ".join(" ".join(lines).split())
-    if len(text) > MAX_CONCEPT_CHARS:
-        raise InvalidRequest(f"{where}: a concept of {len(text)} characters; at most {MAX_CONCEPT_CHARS}")
-    return to_name, text
-
-
 def _threshold(text: str) -> float | None:
     """A confidence threshold typed as a number between 0 and 1, else None (the text is a concept)."""
     try:
@@ -97,10 +60,3 @@ def _threshold(text: str) -> float | None:
     except ValueError:
         return None
     return value if 0.0 <= value <= 1.0 else None
-
-
-def _to_name(region: dict, where: str = "a region") -> str:
-    to_name = region.get("to_name")
-    if not isinstance(to_name, str) or not to_name:
-        raise InvalidRequest(f"{where}.to_name must name the Image the region is on")
-    return to_name

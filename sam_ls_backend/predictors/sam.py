@@ -10,6 +10,7 @@ million, because batched matrix products round differently.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -21,32 +22,37 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from compute_thread import on_compute_thread
-from errors import ConfigError
-from predictor import Embedding, MaskResult
-from prompts import Prompt
-from settings import Settings
+from sam_ls_backend.compute_thread import on_compute_thread
+from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.predictors.device import resolve_device, use_torch_threads
+from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.registry import LoadedModels
+from sam_ls_backend.protocol.prompts import Prompt
+from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def load_predictor(settings: Settings) -> "SamImagePredictor":
-    """Build the model named by the settings and load its checkpoint (start-up only: takes seconds)."""
-    path = settings.checkpoint_path
-    if not path.is_file():
-        variable = "MOBILESAM_CHECKPOINT" if settings.sam_choice == "MobileSAM" else "SAM_CHECKPOINT"
-        raise ConfigError(
-            f"checkpoint not found: {path}. Run ./download_models.sh "
-            f"{'mobile_sam' if settings.sam_choice == 'MobileSAM' else settings.sam_model_type} "
-            f"or set {variable} to the checkpoint's path"
-        )
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+def load_mobile_sam(settings: Settings, checkpoint: ModelFile) -> LoadedModels:
+    """SAM_CHOICE=MobileSAM: a MobileSAM (vit_t) checkpoint."""
+    return LoadedModels(load_predictor(settings, checkpoint, mobile=True))
+
+
+def load_sam(settings: Settings, checkpoint: ModelFile) -> LoadedModels:
+    """SAM_CHOICE=SAM: a SAM ViT-B, ViT-L or ViT-H checkpoint (SAM_MODEL_TYPE, or recognised from it)."""
+    return LoadedModels(load_predictor(settings, checkpoint, mobile=False))
+
+
+def load_predictor(settings: Settings, checkpoint: ModelFile, mobile: bool) -> SamImagePredictor:
+    """Build the model a checkpoint holds and load its weights (start-up only: takes seconds)."""
+    path = checkpoint.require_file()
+    use_torch_threads(settings)
     started = time.perf_counter()
     state_dict = read_state_dict(path)
     model_type = recognise_model_type(state_dict)
     wanted = settings.sam_model_type
-    if settings.sam_choice == "MobileSAM" and model_type != "vit_t":
+    if mobile and model_type != "vit_t":
         raise ConfigError(f"SAM_CHOICE=MobileSAM but {path.name} holds a SAM {model_type} model: use SAM_CHOICE=SAM")
     if wanted != "auto" and wanted != model_type:
         raise ConfigError(f"SAM_MODEL_TYPE={wanted} but {path.name} holds a {model_type} model")
@@ -54,8 +60,7 @@ def load_predictor(settings: Settings) -> "SamImagePredictor":
     model.load_state_dict(state_dict)
     device = resolve_device(settings.device)
     model.to(device).eval()
-    log.info("loaded %s (%s) from %s on %s in %.1f s", settings.sam_choice, model_type, path, device,
-             time.perf_counter() - started)
+    log.info("loaded %s from %s on %s in %.1f s", model_type, path, device, time.perf_counter() - started)
     batch = settings.decoder_batch == "on" or (settings.decoder_batch == "auto" and device.type == "cuda")
     return SamImagePredictor(model, model_type=model_type, batch_decoder=batch)
 
@@ -174,13 +179,13 @@ def recognise_model_type(state_dict: dict[str, torch.Tensor]) -> str:
     return by_width[width]
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks the first GPU when torch sees one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE={name} but torch sees no CUDA device")
-    return torch.device(name)
+def weights_fingerprint(sam: torch.nn.Module) -> str:
+    """A hash of every weight: ties exported graphs to each other and to the checkpoint they came from."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(sam.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()))
+    return digest.hexdigest()
 
 
 def _build_mobile_sam() -> torch.nn.Module:

@@ -1,0 +1,156 @@
+"""The Label Studio-facing model: `SamBackend` answers /setup and /predict.
+
+A /predict with smart regions is read once (protocol/regions.py) and handed to the pipelines (pipelines/):
+clicks and rectangles become brush masks and/or polygons (whichever output controls the labeling config has
+for the image, or RESULT_TYPE forces); with SAM 3, a typed concept and rectangles find every instance, each
+with its score. A /predict without regions (a task opened) warms the embedding of its image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sam_ls_backend.embeddings.cache import EmbeddingCache
+from sam_ls_backend.embeddings.lookup import ImageEmbeddings
+from sam_ls_backend.embeddings.refinement import RefinementHistory
+from sam_ls_backend.embeddings.shared import SharedEmbeddings
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.lru import LRU
+from sam_ls_backend.media.fetch import ImageSource
+from sam_ls_backend.outputs import images_with_outputs
+from sam_ls_backend.pipelines import PIPELINES
+from sam_ls_backend.pipelines.base import Pipeline, PredictStats, Request
+from sam_ls_backend.predictors.base import Predictor
+from sam_ls_backend.predictors.files import fingerprint
+from sam_ls_backend.predictors.registry import model_spec
+from sam_ls_backend.protocol.label_config import LabelConfig, parse_label_config
+from sam_ls_backend.protocol.polygons import PolygonOptions
+from sam_ls_backend.protocol.regions import read_regions
+from sam_ls_backend.settings import Settings
+
+if TYPE_CHECKING:
+    from sam_ls_backend.predictors.sam3 import ConceptSegmenter
+
+__all__ = ["PredictStats", "SamBackend"]
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS = 1000
+REFINEMENT_HISTORY_BYTES = 64 * 2**20
+# EMBEDDING_PRECISION=mixed: the images used most recently, those annotators are clicking on, stay float32.
+EXACT_RECENT_IMAGES = 8
+REMEMBERED_PROJECTS = 256
+
+
+class SamBackend:
+    """Answers Label Studio's /setup and /predict with SAM masks; safe to call from many threads."""
+
+    model_class = "SamBackend"
+
+    def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None,
+                 concepts: ConceptSegmenter | None = None) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
+        self.images = ImageSource(settings)
+        exact = EXACT_RECENT_IMAGES if settings.embedding_precision == "mixed" else None
+        self.cache = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
+        if shared is None and settings.redis_url:
+            namespace = fingerprint(self.model_version, model_spec(settings.sam_choice).files(settings))
+            shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
+        self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
+        self.history = RefinementHistory(REFINEMENT_HISTORY_BYTES)
+        self.concepts = concepts
+        self.concept_embeddings = None if concepts is None else ImageEmbeddings(
+            settings, concepts, self.images, self.cache, shared, kind="concept:")
+        self.polygon_options = PolygonOptions(settings.polygon_tolerance, settings.polygon_max_vertices,
+                                              settings.polygon_min_area)
+        self.pipelines: list[Pipeline] = [p for p in (build(self) for build in PIPELINES) if p is not None]
+        self._schemas: LRU[str, str] = LRU(REMEMBERED_PROJECTS)  # project -> labeling config from /setup
+
+    @property
+    def first_embeddings(self) -> ImageEmbeddings:
+        """The embeddings a task's first prompt most likely needs: SAM 3's concept features, else the predictor's."""
+        return self.concept_embeddings or self.embeddings
+
+    def setup(self, body: Any) -> dict:
+        """Remember the project's config and Label Studio's address; never loads weights (LS waits 3 s)."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the /setup body must be a JSON object")
+        project, schema = body.get("project"), body.get("schema")
+        if isinstance(project, str) and isinstance(schema, str):
+            self._schemas.put(project, schema)
+        hostname, token = body.get("hostname"), body.get("access_token")
+        self.images.use_label_studio(hostname if isinstance(hostname, str) else None,
+                                     token if isinstance(token, str) else None)
+        return {"model_version": self.model_version}
+
+    def predict(self, body: Any, stats: PredictStats | None = None) -> dict:
+        """One prediction per task; tasks get masks only when the request carries smart regions."""
+        stats = stats or PredictStats()
+        request, raw_regions = self._parse_predict(body)
+        stats.tasks = len(request.tasks)
+        if raw_regions is None:
+            stats.warmed = self._warm(request.tasks, request.config)
+            # An empty list per task: Label Studio then stores no (empty) prediction for the task.
+            return {"results": [[] for _ in request.tasks], "model_version": self.model_version}
+        stats.interactive = True
+        regions = read_regions(raw_regions, self.settings.negative_label_names)
+        work = []
+        for pipeline in self.pipelines:
+            prompts, regions = pipeline.take(regions, stats)
+            if prompts:
+                work.append((pipeline, prompts))
+        if not work:
+            raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from")
+        predictions = [self._prediction([region for pipeline, prompts in work
+                                         for region in pipeline.answer(request, task, prompts, stats)])
+                       for task in request.tasks]
+        stats.regions = sum(len(p["result"]) for p in predictions)
+        return {"results": predictions, "model_version": self.model_version}
+
+    def _warm(self, tasks: list[dict], config: LabelConfig) -> int:
+        """Queue the images of opened tasks for embedding, so the first click finds them ready."""
+        queued = 0
+        for task in tasks[: self.settings.warm_max_tasks]:
+            for to_name in images_with_outputs(config):
+                url = task["data"].get(config.image_fields[to_name])
+                if isinstance(url, str) and url.strip():
+                    task_id = task.get("id")
+                    queued += self.first_embeddings.warm(url.strip(), task_id if isinstance(task_id, int) else None)
+        return queued
+
+    def _parse_predict(self, body: Any) -> tuple[Request, list | None]:
+        """Check the /predict body's shape; returns the request and its smart regions (None if not interactive)."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the /predict body must be a JSON object")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise InvalidRequest("'tasks' must be a non-empty list")
+        if len(tasks) > MAX_TASKS:
+            raise InvalidRequest(f"'tasks' holds {len(tasks)} tasks; at most {MAX_TASKS} per request")
+        for index, task in enumerate(tasks):
+            if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+                raise InvalidRequest(f"tasks[{index}] must be an object with a 'data' object")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("'params' must be an object")
+        context = params.get("context")
+        if context is not None and not isinstance(context, dict):
+            raise InvalidRequest("params.context must be an object or null")
+        regions = context.get("result") if context else None
+        request = Request(str(body.get("project")), tasks, self._label_config(body))
+        return request, regions if regions not in (None, []) else None
+
+    def _label_config(self, body: dict) -> LabelConfig:
+        xml = body.get("label_config")
+        if xml is None:
+            xml = self._schemas.get(str(body.get("project")))
+        if not isinstance(xml, str) or not xml.strip():
+            raise InvalidRequest("'label_config' is missing and /setup did not provide the project's schema")
+        return parse_label_config(xml)
+
+    def _prediction(self, result: list[dict]) -> dict:
+        score = sum(region["score"] for region in result) / len(result) if result else 0.0
+        return {"result": result, "score": round(score, 4), "model_version": self.model_version}

@@ -1,0 +1,63 @@
+"""What a pipeline is: one kind of task work, handed the regions it answers by `SamBackend`.
+
+A request's regions are read once (protocol/regions.py); each registered pipeline in turn `take`s the regions
+it answers and leaves the rest to the next. Then, for every task of the request, each pipeline that took
+something `answer`s with its result regions. Counters for the request's log line go to `PredictStats`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sam_ls_backend.protocol.label_config import LabelConfig
+from sam_ls_backend.protocol.regions import Regions
+
+if TYPE_CHECKING:
+    from sam_ls_backend.backend import SamBackend
+
+
+@dataclass
+class PredictStats:
+    """What one /predict did, for the request's log line."""
+
+    tasks: int = 0
+    points: int = 0
+    boxes: int = 0
+    regions: int = 0
+    refined: int = 0  # objects decoded with their previous answer as mask_input
+    below_threshold: int = 0  # masks dropped for a predicted IoU under SCORE_THRESHOLD
+    cache_hits: int = 0  # embeddings found in this process's cache
+    shared_hits: int = 0  # embeddings found in the shared (Redis) cache
+    encoder_runs: int = 0
+    warmed: int = 0  # images queued for embedding when tasks were opened
+    concepts: int = 0  # SAM 3 concept prompts answered
+    detector_runs: int = 0  # of them, answered by running SAM 3's detector (the others only re-thresholded)
+    interactive: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One /predict, checked: the project, its tasks and labeling config."""
+
+    project: str
+    tasks: list[dict]
+    config: LabelConfig
+
+
+class Pipeline(Protocol):
+    """One kind of task work, built once per backend."""
+
+    def take(self, regions: Regions, stats: PredictStats) -> tuple[Any, Regions]:
+        """The prompts this pipeline answers from `regions` (None when it answers none), and the regions left."""
+        ...
+
+    def answer(self, request: Request, task: dict, prompts: Any, stats: PredictStats) -> list[dict]:
+        """The result regions of `task` for the prompts `take` returned."""
+        ...
+
+
+class PipelineFactory(Protocol):
+    """A registry entry: builds the pipeline for a backend, or None when the backend's model cannot serve it."""
+
+    def __call__(self, backend: SamBackend) -> Pipeline | None: ...

@@ -1,0 +1,115 @@
+"""SAM 3 concepts: a typed noun phrase and example rectangles find every instance on the task's image.
+
+The image's features come from SAM 3's own encoder (cached like SAM's embeddings). The detector's answer is
+kept for each (image, concept, boxes), so a new threshold typed for the same concept runs no model. A concept
+typed on a task is remembered for it: later rectangles and thresholds on that task refine that concept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from sam_ls_backend.embeddings.cache import EmbeddingCache
+from sam_ls_backend.embeddings.lookup import ImageEmbeddings
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.lru import LRU
+from sam_ls_backend.metrics import DECODER_SECONDS
+from sam_ls_backend.outputs import output_controls, to_results
+from sam_ls_backend.pipelines.base import PredictStats, Request
+from sam_ls_backend.pipelines.clicks import image_url
+from sam_ls_backend.protocol.concepts import ConceptPrompt, concept_prompts
+from sam_ls_backend.protocol.label_config import Control
+from sam_ls_backend.protocol.polygons import remove_small_regions
+from sam_ls_backend.protocol.regions import Regions
+
+if TYPE_CHECKING:
+    from sam_ls_backend.backend import SamBackend
+    from sam_ls_backend.predictors.sam3 import ConceptSegmenter, Detections
+
+DETECTIONS_BYTES = 256 * 2**20  # SAM 3 answers kept so that a new threshold needs no model run
+REMEMBERED_CONCEPTS = 4096
+DEFAULT_CONCEPT_THRESHOLD = 0.5  # SAM 3's own default confidence, used while SCORE_THRESHOLD is 0
+
+
+class ConceptPipeline:
+    """Typed text and rectangles to one region per instance of the concept, each with its score."""
+
+    def __init__(self, backend: SamBackend, segmenter: ConceptSegmenter, embeddings: ImageEmbeddings) -> None:
+        self.settings = backend.settings
+        self.polygon_options = backend.polygon_options
+        self.segmenter = segmenter
+        self.embeddings = embeddings
+        self.detections = EmbeddingCache(DETECTIONS_BYTES)
+        # (project, task, image) -> the concept and threshold typed there last
+        self.typed: LRU[tuple[str, str, str], tuple[str, float | None]] = LRU(REMEMBERED_CONCEPTS)
+
+    @classmethod
+    def build(cls, backend: SamBackend) -> ConceptPipeline | None:
+        """The pipeline, when the backend has SAM 3's concept detector."""
+        if backend.concepts is None or backend.concept_embeddings is None:
+            return None
+        return cls(backend, backend.concepts, backend.concept_embeddings)
+
+    def take(self, regions: Regions, stats: PredictStats) -> tuple[list[ConceptPrompt] | None, Regions]:
+        concepts = concept_prompts(regions)
+        stats.boxes += sum(len(concept.boxes) for concept in concepts)
+        return concepts or None, Regions(keypoints=regions.keypoints)
+
+    def answer(self, request: Request, task: dict, concepts: list[ConceptPrompt], stats: PredictStats) -> list[dict]:
+        """One region per instance of each image's concept, above the confidence threshold."""
+        results = []
+        for concept in concepts:
+            text, threshold = self._concept_text(request.project, task, concept)
+            controls = output_controls(request.config, concept.to_name, self.settings.result_type)
+            url = image_url(task, request.config.image_field(concept.to_name))
+            task_id = task.get("id")
+            embedding, _ = self.embeddings.get(url, task_id if isinstance(task_id, int) else None)
+            height, width = embedding.original_size
+            scale = (width / 100.0, height / 100.0, width / 100.0, height / 100.0)
+            boxes = [tuple(v * s for v, s in zip(box, scale)) for box in concept.boxes]
+            key = repr((self.embeddings.digest(url), text, boxes, concept.box_labels))
+            runs: list[int] = []
+
+            def detect() -> Detections:
+                runs.append(1)
+                return self.segmenter.detect(embedding, text, boxes, list(concept.box_labels))
+
+            started = time.perf_counter()
+            detections = self.detections.get_or_compute(key, detect)
+            if runs:
+                DECODER_SECONDS.observe(time.perf_counter() - started)
+            stats.concepts += 1
+            stats.detector_runs += len(runs)
+            label = concept_label(text, concept.label, [control for _, control in controls])
+            for instance in self.segmenter.instances(detections, threshold):
+                mask = remove_small_regions(instance.mask, self.settings.min_area)
+                results += to_results(mask, label, controls, concept.to_name, instance.score, self.polygon_options)
+        return results
+
+    def _concept_text(self, project: str, task: dict, concept: ConceptPrompt) -> tuple[str, float]:
+        """The concept and threshold for this request: typed now, else typed earlier on the task, else the label."""
+        key = (project, str(task.get("id")), concept.to_name)
+        text, threshold = self.typed.get(key) or (None, None)
+        text = concept.text or text or concept.label
+        threshold = concept.threshold if concept.threshold is not None else threshold
+        if text:
+            self.typed.put(key, (text, threshold))
+        if not text:
+            raise InvalidRequest(f"no concept for image '{concept.to_name}': type one in the TextArea "
+                                 "or draw a labelled rectangle")
+        if threshold is None:
+            threshold = self.settings.score_threshold or DEFAULT_CONCEPT_THRESHOLD
+        return text, threshold
+
+
+def concept_label(text: str, rectangle_label: str | None, controls: list[Control]) -> str | None:
+    """The label to paint instances of `text` with: the rectangle's, else a control label the text names."""
+    if rectangle_label:
+        return rectangle_label
+    labels = [label for control in controls for label in control.labels]
+    words = text.lower().split()
+    for candidate in ([label for label in labels if label.lower() == text.lower()]
+                      + [label for label in labels if label.lower() in words]):
+        return candidate
+    return labels[0] if labels else None

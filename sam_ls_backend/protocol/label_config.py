@@ -1,0 +1,81 @@
+"""What a project's labeling config tells the backend: which task field holds each image, which controls point at it.
+
+Every control tag with a `name` and a `toName` is recorded with its labels; which of them receive masks is the
+output registry's business (outputs/), which of them are prompts is the region reader's (regions.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from xml.etree.ElementTree import Element
+
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+from sam_ls_backend.errors import InvalidRequest
+
+MAX_CONFIG_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control tag of the config (`BrushLabels`, `PolygonLabels`, ...): its name and its labels."""
+
+    name: str
+    tag: str  # as written in the config, e.g. BrushLabels
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The parts of a labeling config the backend needs, by `Image` name."""
+
+    image_fields: dict[str, str]  # Image name -> task data key ("$image" -> "image")
+    controls: dict[str, tuple[Control, ...]]  # Image name -> the controls pointing at it, in config order
+
+    def image_field(self, to_name: str) -> str:
+        """The task data key holding the image the regions are drawn on."""
+        if to_name not in self.image_fields:
+            raise InvalidRequest(f"the labeling config has no <Image name=\"{to_name}\"> with a $field value")
+        return self.image_fields[to_name]
+
+    def control(self, to_name: str, tag: str) -> Control | None:
+        """The first control of kind `tag` (any case) that points at image `to_name`."""
+        return next((c for c in self.controls.get(to_name, ()) if c.tag.lower() == tag.lower()), None)
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(xml: str) -> LabelConfig:
+    """Parse once per distinct config (Label Studio sends the same XML with every request)."""
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise InvalidRequest(f"label_config is longer than {MAX_CONFIG_CHARS} characters")
+    try:
+        root = ElementTree.fromstring(xml)
+    except (ElementTree.ParseError, DefusedXmlException) as error:
+        raise InvalidRequest(f"label_config is not valid XML: {error}") from None
+    images: dict[str, str] = {}
+    controls: dict[str, list[Control]] = {}
+    for tag in root.iter():
+        kind = str(tag.tag)
+        name = tag.get("name")
+        if not name:
+            continue
+        if kind.lower() == "image":
+            value = tag.get("value", "")
+            if value.startswith("$") and len(value) > 1:
+                images[name] = value[1:]
+        elif tag.get("toName"):
+            control = Control(name=name, tag=kind, labels=_labels(tag))
+            for target in _targets(tag):
+                controls.setdefault(target, []).append(control)
+    return LabelConfig(image_fields=images, controls={name: tuple(found) for name, found in controls.items()})
+
+
+def _targets(tag: Element) -> list[str]:
+    """`toName` may list several tags, comma-separated."""
+    return [name.strip() for name in tag.get("toName", "").split(",") if name.strip()]
+
+
+def _labels(tag: Element) -> tuple[str, ...]:
+    return tuple(label.get("value", "") for label in tag.iter() if str(label.tag).lower() == "label")
