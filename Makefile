@@ -30,16 +30,16 @@ test: $(VENV)/.tests redis-server
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.tests
-	$(BIN)/python bench/bench_server.py
-	$(BIN)/python bench/bench_rle.py
-	$(BIN)/python bench/bench_hf.py
+	$(BIN)/python -m bench.bench_server
+	$(BIN)/python -m bench.bench_rle
+	$(BIN)/python -m bench.bench_hf
 
 bench-memory: $(VENV)/.tests
-	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python -m bench.bench_memory
 
 # 8 clients for 60 s against the real server on loopback (DURATION=S to change); see README, Hardening.
 load: $(VENV)/.tests
-	$(BIN)/python bench/load.py --duration $(or $(DURATION),60)
+	$(BIN)/python -m bench.load --duration $(or $(DURATION),60)
 
 check: $(VENV)/.runtime
 	$(BIN)/python _wsgi.py --check

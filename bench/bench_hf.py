@@ -4,7 +4,7 @@ Builds each model's real architecture with random weights, saves it as the Huggi
 downloads, loads it through the server's own loaders, and times the steps a click or a concept costs on
 a 1024×768 image. Random weights cost the same compute as trained ones.
 
-    python bench/bench_hf.py [--repeats N] [--folders DIR]      (or `make bench`)
+    python -m bench.bench_hf [--repeats N] [--folders DIR]      (or `make bench`)
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from typing import Callable
 
 import numpy as np
 
+
+from bench.machine import cpu_model
+from sam_ls_backend.compute_thread import COMPUTE
+from tests.support.checkpoints import save_random_checkpoint
+from tests.support.hf_checkpoints import save_sam2_folder, save_sam3_folder
+from tests.support.scenes import scene
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from checkpoints import save_random_checkpoint  # noqa: E402
-from conftest import scene  # noqa: E402
-from hf_checkpoints import save_sam2_folder, save_sam3_folder  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-from sam_ls_backend.compute_thread import COMPUTE  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 

@@ -3,7 +3,7 @@
 Each image is new to the server, so every click downloads, decodes and encodes; the embedding cache is
 bounded in bytes (EMBEDDING_CACHE_MB), so memory must level off once the cache is full and stay flat.
 
-    python bench/bench_memory.py [--images 500] [--cache-mb 64]      (or `make bench-memory`)
+    python -m bench.bench_memory [--images 500] [--cache-mb 64]      (or `make bench-memory`)
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from backend_process import BackendProcess  # noqa: E402
-from bench_server import MALLOC_ENV  # noqa: E402
-from checkpoints import save_random_checkpoint  # noqa: E402
-from conftest import scene  # noqa: E402
-from image_host import ImageHost  # noqa: E402
-from ls_bodies import keypoint, predict_body  # noqa: E402
-from machine import cpu_model  # noqa: E402
+from bench.bench_server import MALLOC_ENV
+from bench.machine import cpu_model
+from tests.support.backend_process import BackendProcess
+from tests.support.checkpoints import save_random_checkpoint
+from tests.support.image_host import ImageHost
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.scenes import scene
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:

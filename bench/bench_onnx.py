@@ -1,6 +1,6 @@
 """Time SAM's image encoder and prompt decoder in torch, ONNX Runtime fp32 and ONNX Runtime int8, in one run.
 
-    python bench/bench_onnx.py [--checkpoint models/mobile_sam.pt] [--repeats N]
+    python -m bench.bench_onnx [--checkpoint models/mobile_sam.pt] [--repeats N]
 
 Without a checkpoint it builds a random-weight MobileSAM (compute does not depend on weight values). The
 checkpoint is exported with onnx_converter.py (encoder and int8 copies) into a temporary folder. Prints the
@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -27,14 +26,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from checkpoints import save_random_checkpoint  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-from sam_ls_backend.predictors.base import Embedding, Predictor  # noqa: E402
-from sam_ls_backend.predictors.onnx_convert import (  # noqa: E402
+from bench.machine import cpu_model
+from sam_ls_backend.predictors.base import Embedding, Predictor
+from sam_ls_backend.predictors.onnx_convert import (
     SAMPLE_PROMPTS,
     as_numpy,
     convert,
@@ -42,9 +37,12 @@ from sam_ls_backend.predictors.onnx_convert import (  # noqa: E402
     mask_iou,
     synthetic_picture,
 )
-from sam_ls_backend.predictors.registry import load_predictor  # noqa: E402
-from sam_ls_backend.predictors.sam import SamImagePredictor  # noqa: E402
-from sam_ls_backend.settings import Settings  # noqa: E402
+from sam_ls_backend.predictors.registry import load_predictor
+from sam_ls_backend.predictors.sam import SamImagePredictor
+from sam_ls_backend.settings import Settings
+from tests.support.checkpoints import save_random_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height of the pictures clicked on
 

@@ -1,6 +1,6 @@
 """Time `brush_rle.encode_rle` against the Label Studio SDK's `mask2rle` on picture-sized masks.
 
-Run as `python bench/bench_rle.py`. Prints the machine, the versions, and per mask the number of runs, the
+Run as `python -m bench.bench_rle`. Prints the machine, the versions, and per mask the number of runs, the
 median milliseconds of each encoder over a few repeats in this same run, and their ratio. It also checks
 that both encoders give the same bytes.
 """
@@ -10,19 +10,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from machine import cpu_model  # noqa: E402
-
-from sam_ls_backend.protocol.brush_rle import encode_rle  # noqa: E402
+from bench.machine import cpu_model
+from sam_ls_backend.protocol.brush_rle import encode_rle
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height
 SDK_REPEATS = 5

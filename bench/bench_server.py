@@ -4,7 +4,7 @@ Starts the backend (`python _wsgi.py`, gunicorn) on a random-weight MobileSAM ch
 from a loopback server that plays Label Studio, sends Label Studio-shaped /predict requests, and prints
 medians and ratios measured in this one run. Random weights cost the same compute as trained ones.
 
-    python bench/bench_server.py [--repeats N]      (or `make bench`)
+    python -m bench.bench_server [--repeats N]      (or `make bench`)
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from typing import Callable
 import numpy as np
 import requests
 
+
+from bench.machine import cpu_model
+from sam_ls_backend.compute_thread import COMPUTE, on_compute_thread
+from tests.support.backend_process import BackendProcess
+from tests.support.checkpoints import save_random_checkpoint
+from tests.support.image_host import ImageHost
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.scenes import scene
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from backend_process import BackendProcess  # noqa: E402
-from checkpoints import save_random_checkpoint  # noqa: E402
-from conftest import scene  # noqa: E402
-from image_host import ImageHost  # noqa: E402
-from ls_bodies import keypoint, predict_body  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-from sam_ls_backend.compute_thread import COMPUTE, on_compute_thread  # noqa: E402
 
 # glibc malloc settings the Docker image uses: the encoder's large buffers are not handed back to the kernel.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
@@ -50,7 +49,8 @@ def main() -> int:
     args = parser.parse_args()
     if any(os.environ.get(name) != value for name, value in MALLOC_ENV.items()):
         # glibc reads these at start-up: run again with them, so in-process cases get what the server gets.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+        command = [sys.executable, "-m", "bench.bench_server", *sys.argv[1:]]
+        os.execve(sys.executable, command, {**os.environ, **MALLOC_ENV})
     with tempfile.TemporaryDirectory() as work:
         # All torch work of this process runs on the compute thread, as in the server (see compute_thread.py).
         checkpoint = COMPUTE.run(save_random_checkpoint, "vit_t", Path(work) / "mobile_sam.pt")

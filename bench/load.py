@@ -7,7 +7,7 @@ images, task opens and bad requests until the time is up. Every valid answer's m
 Studio's SDK and compared with the expected one. Prints throughput, latency percentiles, answers by status,
 unexpected answers, wrong masks and the server worker's memory (RSS) after warm-up and at the end.
 
-    python bench/load.py [--duration S] [--clients N]      (or `make load`)
+    python -m bench.load [--duration S] [--clients N]      (or `make load`)
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from backend_process import BackendProcess  # noqa: E402
-from bench_server import MALLOC_ENV  # noqa: E402
-from checkpoints import save_random_checkpoint  # noqa: E402
-from conftest import scene  # noqa: E402
-from image_host import ImageHost  # noqa: E402
-from ls_bodies import keypoint, predict_body, rectangle  # noqa: E402
-from machine import cpu_model  # noqa: E402
-from reference import decode_brush_region, reference_mask  # noqa: E402
+from bench.bench_server import MALLOC_ENV
+from bench.machine import cpu_model
+from tests.support.backend_process import BackendProcess
+from tests.support.checkpoints import save_random_checkpoint
+from tests.support.image_host import ImageHost
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
+
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("load")
 

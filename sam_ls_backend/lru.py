@@ -57,6 +57,11 @@ class LRU(Generic[K, V]):
             self._used()
         return value
 
+    def peek(self, key: K) -> V | None:
+        """The value, or None, leaving the order and the counts as they are."""
+        with self._lock:
+            return self._entries.get(key)
+
     def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
         """The value, else `compute()` once for all concurrent callers of the same key."""
         with self._lock:

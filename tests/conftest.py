@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.support.checkpoints import save_random_checkpoint
 
-from checkpoints import save_random_checkpoint  # noqa: E402
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by its folder: `pytest -m unit` is the fast loop (`make test-fast`)."""
+    for item in items:
+        kind = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if kind in KINDS:
+            item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture(scope="session")
@@ -36,30 +41,10 @@ def vit_t_predictor(vit_t_settings):
     return load_predictor(vit_t_settings)
 
 
-def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """An H×W×3 uint8 RGB picture of a few coloured shapes on a gradient, different for every seed."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
-                      np.full_like(xx, 40 * (seed % 6))], axis=-1).astype(np.uint8)
-    for _ in range(4):
-        cx, cy = rng.integers(0, width), rng.integers(0, height)
-        r = rng.integers(min(width, height) // 10, min(width, height) // 3)
-        image[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.integers(0, 256, size=3)
-    return image
-
-
-def memory_owner(array: np.ndarray) -> object:
-    """The object that owns an array's memory (an mmap for what the backend keeps apart from the heap)."""
-    while isinstance(array, np.ndarray) and array.base is not None:
-        array = array.base
-    return array.obj if isinstance(array, memoryview) else array
-
-
 @pytest.fixture(scope="session")
 def image_host():
     """Label Studio's /data routes on loopback, requiring the token the backend is configured with."""
-    from image_host import ImageHost
+    from tests.support.image_host import ImageHost
 
     host = ImageHost()
     yield host

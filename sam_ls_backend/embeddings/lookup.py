@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from sam_ls_backend.embeddings.cache import EmbeddingCache
 from sam_ls_backend.embeddings.shared import SharedEmbeddings
+from sam_ls_backend.lru import LRU
 from sam_ls_backend.media.decode import decode_image
 from sam_ls_backend.media.fetch import ImageSource
 from sam_ls_backend.metrics import ENCODER_SECONDS
@@ -40,7 +41,7 @@ class ImageEmbeddings:
         self.images = images
         self.cache = cache
         self.shared = shared
-        self._digests: OrderedDict[str, str] = OrderedDict()  # task image URL -> SHA-256 of its bytes
+        self._digests: LRU[str, str] = LRU(REMEMBERED_URLS)  # task image URL -> SHA-256 of its bytes
         self._lock = threading.Lock()
         self._warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
         self._queued = 0
@@ -53,8 +54,7 @@ class ImageEmbeddings:
 
     def digest(self, url: str) -> str | None:
         """The SHA-256 of the image a task URL showed, once `get` has read it."""
-        with self._lock:
-            return self._digests.get(url)
+        return self._digests.peek(url)
 
     def get(self, url: str, task_id: int | None) -> tuple[Embedding, Source]:
         """The embedding of the image at `url`, and where it came from."""
@@ -128,18 +128,12 @@ class ImageEmbeddings:
         return embedding.compact() if self.settings.embedding_precision == "float16" else embedding.set_apart()
 
     def _known_digest(self, url: str) -> str | None:
-        with self._lock:
-            digest = self._digests.get(url)
-            if digest is not None:
-                self._digests.move_to_end(url)
-                return digest
+        digest = self._digests.get(url)
+        if digest is not None:
+            return digest
         return self.shared.image_digest(url) if self.shared else None
 
     def _remember(self, url: str, digest: str) -> None:
-        with self._lock:
-            self._digests[url] = digest
-            self._digests.move_to_end(url)
-            while len(self._digests) > REMEMBERED_URLS:
-                self._digests.popitem(last=False)
+        self._digests.put(url, digest)
         if self.shared:
             self.shared.remember_image(url, digest)

@@ -82,15 +82,6 @@ class Predictor(Protocol):
         ...
 
 
-class BatchPredictor(Predictor, Protocol):
-    """A predictor that decodes several objects of one image together and accepts previous logits."""
-
-    def predict_batch(self, embedding: Embedding, prompts: Sequence[Prompt],
-                      mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
-        """One mask per prompt; `mask_inputs[i]` (256×256 logits or None) is fed to SAM as `mask_input`."""
-        ...
-
-
 def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence[Prompt],
                    mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
     """One mask per prompt: batched and refined when the predictor can, else one `predict` per prompt."""

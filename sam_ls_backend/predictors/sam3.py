@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sam_ls_backend.compute_thread import on_compute_thread
+from sam_ls_backend.lru import LRU
 from sam_ls_backend.predictors.base import Embedding
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.hf import import_transformers, load_pretrained, load_prompt_predictor
@@ -95,8 +95,8 @@ class ConceptSegmenter:
         self.processor = processor
         self._encoder_lock = threading.Lock()
         self._positions: dict[tuple, tuple[Any, ...]] = {}  # feature shapes -> their position encodings
-        self._texts: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # concept -> (text features, mask)
-        self._texts_lock = threading.Lock()  # guards the text and position tables
+        self._texts: LRU[str, tuple[Any, Any]] = LRU(REMEMBERED_TEXTS)  # concept -> (text features, mask)
+        self._positions_lock = threading.Lock()
 
     @on_compute_thread
     def embed(self, image: np.ndarray) -> Embedding:
@@ -142,33 +142,28 @@ class ConceptSegmenter:
         import torch
 
         shapes = tuple(tuple(m.shape) for m in maps)
-        with self._texts_lock:
+        with self._positions_lock:
             found = self._positions.get(shapes)
         if found is None:
             encode = self.model.vision_encoder.neck.position_encoding
             with torch.inference_mode():
                 found = tuple(encode(m.shape, m.device, m.dtype) for m in maps)
-            with self._texts_lock:
+            with self._positions_lock:
                 self._positions[shapes] = found
         return found
 
     def _encoded(self, text: str) -> tuple[Any, Any]:
         """The text encoder's output for a concept, computed once per concept (least recently used out)."""
+        return self._texts.get_or_compute(text, lambda: self._encode(text))
+
+    def _encode(self, text: str) -> tuple[Any, Any]:
         import torch
 
-        with self._texts_lock:
-            if text in self._texts:
-                self._texts.move_to_end(text)
-                return self._texts[text]
         inputs = self.processor(text=text, return_tensors="pt")
         mask = inputs["attention_mask"].to(self.model.device)
         with torch.inference_mode():
             features = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.model.device),
                                                     attention_mask=mask)
-        with self._texts_lock:
-            self._texts[text] = (features, mask)
-            while len(self._texts) > REMEMBERED_TEXTS:
-                self._texts.popitem(last=False)
         return features, mask
 
     @on_compute_thread

@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from conftest import scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ls_bodies import keypoint, predict_body
-from reference import decode_brush_region
+
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import scene
 
 WIDTH, HEIGHT = 128, 96
 EXAMPLES = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

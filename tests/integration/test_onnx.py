@@ -21,11 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import requests
-from backend_process import BackendProcess
-from conftest import ROOT, scene
-from ls_bodies import keypoint, predict_body, rectangle
 from PIL import Image
-from reference import decode_brush_region, reference_mask
 
 from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors import onnx_convert as onnx_converter
@@ -34,6 +30,12 @@ from sam_ls_backend.predictors.onnx_graph import DECODER_GRAPH, WEIGHTS_KEY
 from sam_ls_backend.predictors.onnx_runtime import OnnxSamPredictor, open_graph, preprocess
 from sam_ls_backend.predictors.registry import load_predictor
 from sam_ls_backend.protocol.prompts import prompts_from_regions
+from tests.support.backend_process import BackendProcess
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SIZES = [(1024, 768), (700, 1500), (4000, 3000), (333, 517)]  # width × height
 

@@ -9,15 +9,15 @@ import mmap
 
 import numpy as np
 import pytest
-from conftest import memory_owner, scene
-from ls_bodies import keypoint, predict_body, rectangle
-from reference import decode_brush_region
 from segment_anything import SamPredictor
 
 from sam_ls_backend.embeddings.refinement import LOGITS_BYTES, RefinementHistory
 from sam_ls_backend.predictors.base import Embedding, MaskResult
 from sam_ls_backend.predictors.sam import SamImagePredictor
 from sam_ls_backend.protocol.prompts import Prompt
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import memory_owner, scene
 
 WIDTH, HEIGHT = 320, 240
 SCALE = np.array([WIDTH / 100, HEIGHT / 100])

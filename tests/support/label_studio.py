@@ -23,7 +23,8 @@ from types import TracebackType
 from typing import Any
 
 import requests
-from backend_process import free_port
+
+from tests.support.backend_process import free_port
 
 logger = logging.getLogger(__name__)
 

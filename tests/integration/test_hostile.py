@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from backend_process import BackendProcess
-from conftest import scene
-from fake_server import FakeServer, Trickle, redirect, reply
-from ls_bodies import keypoint, predict_body, rectangle
 from PIL import Image
-from reference import decode_brush_region, reference_mask
 
 from sam_ls_backend.backend import SamBackend
 from sam_ls_backend.predictors.base import Embedding, MaskResult
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.server import create_app
 from sam_ls_backend.settings import Settings
+from tests.support.backend_process import BackendProcess
+from tests.support.fake_server import FakeServer, Trickle, redirect, reply
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
 
 USER, PASSWORD = "ls", "hostile-pass"
 IMAGE = "/data/upload/9/hostile-scene.png"

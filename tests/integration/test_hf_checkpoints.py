@@ -4,7 +4,6 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from hf_checkpoints import SAM2_TINY_IMAGE, SAM3_TINY_IMAGE, WORDS, save_sam2_folder, save_sam3_folder
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -15,6 +14,8 @@ from transformers import (
     Sam3TrackerModel,
     Sam3TrackerProcessor,
 )
+
+from tests.support.hf_checkpoints import SAM2_TINY_IMAGE, SAM3_TINY_IMAGE, WORDS, save_sam2_folder, save_sam3_folder
 
 TINY_PARAMETERS = 200_000
 

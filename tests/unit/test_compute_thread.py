@@ -9,10 +9,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import scene
 
 from sam_ls_backend.compute_thread import COMPUTE, ComputeThread, on_compute_thread
 from sam_ls_backend.protocol.prompts import Prompt
+from tests.support.scenes import scene
 
 
 def test_calls_run_on_the_resident_thread_and_return_their_result() -> None:

@@ -175,13 +175,13 @@ BOTH_CONFIG = ('<View><Image name="image" value="$image"/>'
 
 @pytest.fixture(scope="module")
 def polygon_image(image_host) -> str:
-    from conftest import scene
+    from tests.support.scenes import scene
 
     return image_host.add_image("/data/upload/5/polygons.png", scene(320, 240, seed=33))
 
 
 def predict(client, url: str, config: str | None = None) -> tuple[int, dict]:
-    from ls_bodies import keypoint, predict_body
+    from tests.support.ls_bodies import keypoint, predict_body
 
     body = predict_body(url, [keypoint(40, 50), keypoint(70, 30, False)])
     if config is not None:
@@ -198,7 +198,7 @@ def predict(client, url: str, config: str | None = None) -> tuple[int, dict]:
 ])
 def test_the_config_decides_which_controls_answer_and_result_type_can_force_one(
         make_client, polygon_image, result_type, types):
-    from reference import decode_brush_region
+    from tests.support.reference import decode_brush_region
 
     client, _ = make_client(RESULT_TYPE=result_type)
     status, body = predict(client, polygon_image, BOTH_CONFIG)

@@ -8,9 +8,10 @@ import re
 import time
 
 import pytest
-from conftest import scene
-from ls_bodies import FIXTURES, keypoint, predict_body, rectangle
-from reference import decode_brush_region
+
+from tests.support.ls_bodies import FIXTURES, keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import scene
 
 
 def captured(name: str) -> dict:

@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 import requests
-from fake_server import FakeServer, Route, Seen, Trickle, redirect, reply
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -29,6 +28,7 @@ from sam_ls_backend.media.decode import decode_image
 from sam_ls_backend.media.egress import Download, GuardedAdapter
 from sam_ls_backend.media.fetch import MAX_REDIRECTS, ImageSource
 from sam_ls_backend.settings import Settings
+from tests.support.fake_server import FakeServer, Route, Seen, Trickle, redirect, reply
 
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 SECRET_QUERY = "X-Amz-Signature=topsecret"

@@ -11,7 +11,7 @@ import pytest
 from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.protocol.prompts import Prompt, prompts_from_regions
 
-FIXTURES = Path(__file__).parent / "fixtures" / "label-studio-1.23.2"
+FIXTURES = Path(__file__).parents[1] / "support" / "fixtures" / "label-studio-1.23.2"
 
 
 def captured_regions(name: str) -> list[dict]:

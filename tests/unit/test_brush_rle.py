@@ -19,7 +19,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from sam_ls_backend.protocol import brush_rle
 from sam_ls_backend.protocol.brush_rle import MAX_PIXELS, encode_rle, encode_rle_bytes, rle_json
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Pixel run lengths at the edges of the SDK's run-length fields: 4·k ≤ 8, ≤ 16, ≤ 256, ≤ 65536, then split.
 FIELD_EDGES = [1, 2, 3, 4, 5, 64, 65, 16383, 16384, 16385, 32768, 32769]

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from fake_server import reply
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.fake_server import reply
+
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "download_models.sh"
 MANIFEST = ROOT / "download_models.sha256"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import scene
-from ls_bodies import keypoint, predict_body, rectangle
-from reference import decode_brush_region, reference_mask
+
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,10 @@ def test_several_rectangles_give_one_region_each_matching_sam(client, image_host
 
 def test_sam_vit_b_checkpoint_is_recognised_and_matches(tmp_path):
     """A SAM ViT-B checkpoint (random weights) loads through SAM_CHOICE=SAM with its type recognised."""
-    from checkpoints import save_random_checkpoint
-
     from sam_ls_backend.predictors.registry import load_predictor
     from sam_ls_backend.protocol.prompts import prompts_from_regions
     from sam_ls_backend.settings import Settings
+    from tests.support.checkpoints import save_random_checkpoint
 
     checkpoint = save_random_checkpoint("vit_b", tmp_path / "sam_vit_b.pth")
     predictor = load_predictor(Settings.from_env({}, SAM_CHOICE="SAM", SAM_CHECKPOINT=str(checkpoint)))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from ls_bodies import keypoint, rectangle
 
 from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.pipelines.concepts import concept_label
 from sam_ls_backend.protocol.concepts import concept_prompts
 from sam_ls_backend.protocol.label_config import Control
 from sam_ls_backend.protocol.regions import read_regions
+from tests.support.ls_bodies import keypoint, rectangle
 
 
 def textarea(text, to_name="image"):

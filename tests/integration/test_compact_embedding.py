@@ -6,12 +6,12 @@ import mmap
 
 import numpy as np
 import pytest
-from conftest import memory_owner, scene
-from ls_bodies import keypoint, predict_body
-from reference import decode_brush_region
 
 from sam_ls_backend import backend as model
 from sam_ls_backend.protocol.prompts import Prompt
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import memory_owner, scene
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

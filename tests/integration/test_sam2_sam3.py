@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import scene
-from ls_bodies import keypoint, predict_body, rectangle
-from reference import decode_brush_region
+
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import scene
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,7 +30,7 @@ CONCEPT_CONFIG = (
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from hf_checkpoints import save_sam2_folder, save_sam3_folder
+    from tests.support.hf_checkpoints import save_sam2_folder, save_sam3_folder
 
     root = tmp_path_factory.mktemp("hf-models")
     return {"SAM2": save_sam2_folder(root / "sam2.1-hiera-tiny"), "SAM3": save_sam3_folder(root / "sam3")}
@@ -370,8 +371,8 @@ def test_sam2_ignores_text_and_says_what_it_needs(backends, image_host):
 def test_the_server_never_asks_the_hub(folders, image_host, tmp_path):
     """Started with the hub allowed and pointed at a recording server, a SAM 3 backend loads, answers a concept
     and a click, and never sends the hub a request (no weights, no config, no CLIP vocabulary)."""
-    from backend_process import BackendProcess
-    from fake_server import FakeServer
+    from tests.support.backend_process import BackendProcess
+    from tests.support.fake_server import FakeServer
 
     hub = FakeServer()
     try:

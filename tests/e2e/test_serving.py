@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from backend_process import ROOT, BackendProcess, free_port
-from conftest import scene
-from ls_bodies import keypoint, predict_body, rectangle
-from reference import decode_brush_region, reference_mask
+
+from tests.support.backend_process import ROOT, BackendProcess, free_port
+from tests.support.ls_bodies import keypoint, predict_body, rectangle
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import redis
-from backend_process import free_port
+
+from tests.support.backend_process import free_port
 
 
 class RedisServer:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from sam_ls_backend import settings  # noqa: E402
+from sam_ls_backend import settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -146,8 +145,7 @@ def test_dockerfile_sets_only_variables_that_mean_something():
 
 def test_make_the_image_and_the_benchmarks_tune_malloc_alike():
     """The server is measured with the allocator settings it is deployed with."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_server import MALLOC_ENV
+    from bench.bench_server import MALLOC_ENV
 
     makefile = dict(re.findall(r"^export (MALLOC_\w+) = (\S+)$", (ROOT / "Makefile").read_text(), re.M))
     image = {name: value for name, value in dockerfile_env().items() if name.startswith("MALLOC_")}

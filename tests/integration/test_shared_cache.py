@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-from backend_process import BackendProcess, free_port
-from conftest import scene
-from ls_bodies import keypoint, predict_body
-from redis_server import RedisServer
-from reference import decode_brush_region
 
 from sam_ls_backend.embeddings.shared import SharedEmbeddings
 from sam_ls_backend.predictors.base import Embedding
+from tests.support.backend_process import BackendProcess, free_port
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.redis_server import RedisServer
+from tests.support.reference import decode_brush_region
+from tests.support.scenes import scene
 
 
 @pytest.fixture(scope="module")

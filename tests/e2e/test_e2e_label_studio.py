@@ -24,14 +24,15 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from backend_process import ROOT, BackendProcess
-from conftest import scene
-from label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
 from label_studio_sdk.converter.brush import decode_rle
-from ls_bodies import SAM_CONFIG, keypoint, rectangle
 from PIL import Image
-from redis_server import RedisServer
-from reference import decode_brush_region, reference_mask
+
+from tests.support.backend_process import ROOT, BackendProcess
+from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from tests.support.ls_bodies import SAM_CONFIG, keypoint, rectangle
+from tests.support.redis_server import RedisServer
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
 
 BACKEND_START_TIMEOUT_S = 180.0
 LOCAL_FILES_SUBDIR = "e2e"
@@ -331,8 +332,9 @@ def sam3_project(
     label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[E2EProject, Path]]:
     """A concept project (TextArea + BrushLabels) connected to a SAM_CHOICE=SAM3 backend on a tiny SAM 3 folder."""
-    from hf_checkpoints import save_sam3_folder
     from test_sam2_sam3 import CONCEPT_CONFIG
+
+    from tests.support.hf_checkpoints import save_sam3_folder
 
     folder = save_sam3_folder(tmp_path_factory.mktemp("sam3") / "sam3")
     env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folder), "DEVICE": "cpu",
