@@ -15,7 +15,7 @@ export MALLOC_ARENA_MAX = 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench bench-memory load check redis-server clean-venv
+.PHONY: run test test-fast lint bench bench-memory load check redis-server clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -25,9 +25,16 @@ run: $(VENV)/.runtime
 	fi
 	$(BIN)/python _wsgi.py --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.tests redis-server
-	$(BIN)/ruff check .
+test: lint redis-server
 	$(BIN)/python -m pytest tests
+
+# The unit tests alone (tests/unit): the fast loop while changing code.
+test-fast: $(VENV)/.tests
+	$(BIN)/python -m pytest -m unit -q
+
+lint: $(VENV)/.tests
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_server

@@ -105,7 +105,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     flags = {"HOST": args.host, "PORT": args.port, "LOG_LEVEL": args.log_level, "MODEL_DIR": args.model_dir,
              "BASIC_AUTH_USER": args.basic_auth_user, "BASIC_AUTH_PASS": args.basic_auth_pass}
     overrides.update({key: str(value) for key, value in flags.items() if value is not None})
-    return Settings.from_env(**overrides)
+    return Settings.from_env(None, **overrides)
 
 
 if __name__ == "__main__":

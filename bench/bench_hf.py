@@ -17,11 +17,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-
 
 from bench.machine import cpu_model
 from sam_ls_backend.compute_thread import COMPUTE

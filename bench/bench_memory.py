@@ -17,7 +17,6 @@ from pathlib import Path
 
 import requests
 
-
 from bench.bench_server import MALLOC_ENV
 from bench.machine import cpu_model
 from tests.support.backend_process import BackendProcess

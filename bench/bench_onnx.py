@@ -18,14 +18,13 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime
 import torch
-
 
 from bench.machine import cpu_model
 from sam_ls_backend.predictors.base import Embedding, Predictor

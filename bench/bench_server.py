@@ -18,12 +18,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import requests
-
 
 from bench.machine import cpu_model
 from sam_ls_backend.compute_thread import COMPUTE, on_compute_thread
@@ -156,7 +156,7 @@ def interleaved(annotators: list[Callable[[int], object]], repeats: int) -> list
         pauses = random.Random(index)
         for i in range(repeats):
             time.sleep(pauses.uniform(*THINK_S))
-            elapsed = timed(lambda: act(i))
+            elapsed = timed(partial(act, i))
             with lock:
                 latencies.append(elapsed)
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import requests
 
-
 from bench.bench_server import MALLOC_ENV
 from bench.machine import cpu_model
 from tests.support.backend_process import BackendProcess
@@ -232,7 +231,7 @@ def report(args: argparse.Namespace, tally: Tally, verdicts: Verdicts, elapsed: 
                  + ", ".join(f"{kind} {share:.0%}" for kind, share in MIX)),
         ("throughput", f"{total / elapsed:.1f} requests/s ({total} requests)"),
     ]
-    for kind, values in [("all", [v for values in tally.latencies.values() for v in values]),
+    for kind, values in [("all", [v for each in tally.latencies.values() for v in each]),
                          *tally.latencies.items()]:
         if values:
             p50, p95, p99 = np.percentile(np.array(values) * 1000, [50, 95, 99])

@@ -21,7 +21,7 @@ from sam_ls_backend.media.fetch import ImageSource
 from sam_ls_backend.outputs import images_with_outputs
 from sam_ls_backend.pipelines import PIPELINES
 from sam_ls_backend.pipelines.base import Pipeline, PredictStats, Request
-from sam_ls_backend.predictors.base import Predictor
+from sam_ls_backend.predictors.base import Embedding, Predictor
 from sam_ls_backend.predictors.files import fingerprint
 from sam_ls_backend.predictors.registry import model_spec
 from sam_ls_backend.protocol.label_config import LabelConfig, parse_label_config
@@ -55,7 +55,7 @@ class SamBackend:
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
         self.images = ImageSource(settings)
         exact = EXACT_RECENT_IMAGES if settings.embedding_precision == "mixed" else None
-        self.cache = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
+        self.cache: EmbeddingCache[Embedding] = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
         if shared is None and settings.redis_url:
             namespace = fingerprint(self.model_version, model_spec(settings.sam_choice).files(settings))
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)

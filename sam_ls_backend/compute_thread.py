@@ -33,15 +33,15 @@ class ComputeThread:
             return work(*args, **kwargs)
         if self._free.acquire(blocking=False):
             try:
-                return self._resident.submit(self._inside, work, *args, **kwargs).result()
+                return self._resident.submit(self._inside, functools.partial(work, *args, **kwargs)).result()
             finally:
                 self._free.release()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute-extra") as own:
-            return own.submit(self._inside, work, *args, **kwargs).result()
+            return own.submit(self._inside, functools.partial(work, *args, **kwargs)).result()
 
-    def _inside(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def _inside(self, call: Callable[[], T]) -> T:
         self._local.inside = True
-        return work(*args, **kwargs)
+        return call()
 
     def start_afresh(self) -> None:
         """A new resident thread (started on first use); also in a forked child, which has none of the parent's

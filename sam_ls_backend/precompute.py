@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import requests
 from tqdm import tqdm

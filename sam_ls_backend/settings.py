@@ -7,9 +7,10 @@ documents its environment variable and default; the README's configuration table
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.outputs import RESULT_TYPES
@@ -105,7 +106,7 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> Settings:
         """Build settings from `environ` (default: the process environment), then `overrides`.
 
         `overrides` use the same names as the environment (any case), as `--kwargs k=v` passes them.
@@ -118,7 +119,7 @@ class Settings:
         for alias, name in _ALIASES.items():
             if env.get(alias) and not env.get(name):
                 env[name] = env[alias]
-        values = {}
+        values: dict[str, Any] = {}
         for name, kind in _FIELD_TYPES.items():
             raw = env.get(name)
             if raw is None or raw == "":
@@ -128,7 +129,7 @@ class Settings:
         settings._validate()
         return settings
 
-    def with_overrides(self, **values: object) -> "Settings":
+    def with_overrides(self, **values: Any) -> Settings:
         """A copy with some fields replaced (tests and the CLI use it)."""
         return replace(self, **values)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Self, TypeVar
 
 from sam_ls_backend.lru import LRU, CacheStats
 
@@ -13,12 +13,15 @@ class Sized(Protocol):
     @property
     def nbytes(self) -> int: ...
 
-    def compact(self) -> Sized:
+    def compact(self) -> Self:
         """The same value in less memory (called only when the cache keeps some entries exact)."""
         ...
 
 
-class EmbeddingCache(LRU[str, Sized]):
+S = TypeVar("S", bound=Sized)
+
+
+class EmbeddingCache(LRU[str, S]):
     """Least-recently-used embeddings, bounded in bytes; each key is computed once even when requests race.
 
     With `exact_entries`, only that many most recently used entries are kept as given; an entry that falls out

@@ -20,7 +20,7 @@ from sam_ls_backend.lru import LRU
 from sam_ls_backend.media.decode import decode_image
 from sam_ls_backend.media.fetch import ImageSource
 from sam_ls_backend.metrics import ENCODER_SECONDS
-from sam_ls_backend.predictors.base import Embedding, Predictor
+from sam_ls_backend.predictors.base import Embedding, Encoder
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ MAX_QUEUED_WARMUPS = 32
 class ImageEmbeddings:
     """Finds or computes embeddings for task image URLs; safe to call from many threads."""
 
-    def __init__(self, settings: Settings, predictor: Predictor, images: ImageSource,
-                 cache: EmbeddingCache, shared: SharedEmbeddings | None = None, kind: str = "") -> None:
+    def __init__(self, settings: Settings, predictor: Encoder, images: ImageSource,
+                 cache: EmbeddingCache[Embedding], shared: SharedEmbeddings | None = None, kind: str = "") -> None:
         self.settings = settings
         self.kind = kind  # keys this encoder's entries apart from another's in the same caches (SAM 3 has two)
         self.predictor = predictor

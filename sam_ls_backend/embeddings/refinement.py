@@ -12,8 +12,8 @@ fresh. The history is per image key, bounded in bytes (least recently used out),
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 

@@ -82,7 +82,7 @@ class Download:
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> "Download":
+    def __enter__(self) -> Download:
         self._active.download = self
         self._timer.start()
         return self
@@ -96,7 +96,7 @@ class Download:
                 watched.close()
 
     @classmethod
-    def current(cls) -> "Download":
+    def current(cls) -> Download:
         """The download running on this thread; connecting outside one is a programming error."""
         download = getattr(cls._active, "download", None)
         if download is None:
@@ -162,7 +162,7 @@ class _GuardedConnection(HTTPConnection):
             try:
                 sock = create_connection((address, self.port), timeout, source_address=self.source_address,
                                          socket_options=self.socket_options)
-            except socket.timeout as error:
+            except TimeoutError as error:
                 failure = ConnectTimeoutError(self, f"connection to {self.host} ({address}) timed out")
                 failure.__cause__ = error
             except OSError as error:
@@ -215,7 +215,7 @@ class GuardedAdapter(HTTPAdapter):
     def send(self, request: PreparedRequest, stream: bool = False, timeout: Any = None, verify: Any = True,
              cert: Any = None, proxies: dict[str, str] | None = None) -> Response:
         if select_proxy(request.url or "", proxies):
-            target = urlsplit(request.url)
+            target = urlsplit(str(request.url))
             host, port = target.hostname or "", target.port or DEFAULT_PORTS[target.scheme]
             download = Download.current()
             try:

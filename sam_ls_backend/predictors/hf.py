@@ -11,8 +11,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class HfPromptPredictor:
         height, width = embedding.original_size
         coords, labels, box = prompt.in_pixels(width, height)
         prompts: dict[str, Any] = {}
-        if coords is not None:
+        if coords is not None and labels is not None:
             prompts["input_points"] = [[coords.tolist()]]
             prompts["input_labels"] = [[labels.tolist()]]
         if box is not None:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -48,10 +49,10 @@ class PromptGraph(nn.Module):
     Outputs: mask bool 1×1×H×W (original frame), score float32 1×1, low_res_logits float32 1×1×256×256.
     """
 
-    def __init__(self, sam: nn.Module) -> None:
+    def __init__(self, sam: Any) -> None:
         super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
+        self.prompt_encoder: Any = sam.prompt_encoder  # segment_anything modules (untyped)
+        self.mask_decoder: Any = sam.mask_decoder
         self.mask_threshold = float(sam.mask_threshold)
 
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
@@ -90,10 +91,12 @@ class PromptGraph(nn.Module):
         """SAM's postprocessing: to the square model input, crop the padding away, then to the original size."""
         masks = F.interpolate(low_res, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
         masks = masks[..., :input_size[0], :input_size[1]]
-        return F.interpolate(masks, (original_size[0], original_size[1]), mode="bilinear", align_corners=False)
+        # The sizes stay tensors: the exporter traces them into the graph as run-time inputs.
+        size = (original_size[0], original_size[1])
+        return F.interpolate(masks, size, mode="bilinear", align_corners=False)  # type: ignore[arg-type]
 
 
-def export_decoder(sam: nn.Module, path: Path, model_type: str) -> None:
+def export_decoder(sam: Any, path: Path, model_type: str) -> None:
     """Write the prompt graph of `sam` to `path`, stamped with the model type and the weights' fingerprint."""
     example = (
         torch.zeros(EMBEDDING_SHAPE),
@@ -110,7 +113,7 @@ def export_decoder(sam: nn.Module, path: Path, model_type: str) -> None:
             {GRAPH_KEY: DECODER_GRAPH, MODEL_TYPE_KEY: model_type, WEIGHTS_KEY: weights_fingerprint(sam)})
 
 
-def export_encoder(sam: nn.Module, path: Path, model_type: str) -> None:
+def export_encoder(sam: Any, path: Path, model_type: str) -> None:
     """Write `sam`'s image encoder to `path`: normalised, zero-padded 1×3×1024×1024 pixels in, embeddings out."""
     _export(sam.image_encoder, (torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE),), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
             {}, {GRAPH_KEY: ENCODER_GRAPH, MODEL_TYPE_KEY: model_type, WEIGHTS_KEY: weights_fingerprint(sam)})

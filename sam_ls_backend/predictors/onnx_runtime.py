@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -121,7 +122,7 @@ def decoder_feed(embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | 
     scale = np.array([input_width / width, input_height / height])
     points: list[np.ndarray] = []
     kinds: list[int] = []
-    if coords is not None:
+    if coords is not None and labels is not None:
         points.append(coords * scale)
         kinds.extend(int(label) for label in labels)
     if box is not None:
@@ -164,7 +165,8 @@ def preprocess(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     Returns the pixels and the resized (h, w). torchvision's resize of a PIL image is PIL's own `resize`.
     """
     height, width = resized_shape(int(image.shape[0]), int(image.shape[1]))
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height),
+                                                                          Image.Resampling.BILINEAR))
     pixels = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     pixels[0, :, :height, :width] = ((resized - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)
     return pixels, (height, width)

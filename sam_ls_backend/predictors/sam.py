@@ -15,8 +15,9 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +69,8 @@ def load_predictor(settings: Settings, checkpoint: ModelFile, mobile: bool) -> S
 class SamImagePredictor:
     """Thread-safe SAM/MobileSAM inference: `embed` an image, then `predict` prompts on the embedding."""
 
-    def __init__(self, model: torch.nn.Module, model_type: str, batch_decoder: bool = False) -> None:
-        self.model = model
+    def __init__(self, model: Any, model_type: str, batch_decoder: bool = False) -> None:
+        self.model: Any = model  # segment_anything.Sam or mobile_sam.Sam (untyped)
         self.model_type = model_type
         self.batch_decoder = batch_decoder
         self.device = next(model.parameters()).device
@@ -85,7 +86,7 @@ class SamImagePredictor:
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         with self._encoder_lock:
             features = self.model.image_encoder(self.model.preprocess(pixels))
-        return Embedding(features=features, input_size=tuple(pixels.shape[-2:]),
+        return Embedding(features=features, input_size=(int(pixels.shape[-2]), int(pixels.shape[-1])),
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
     def predict(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
@@ -123,7 +124,7 @@ class SamImagePredictor:
         if pixels[0][0] is not None:
             coords = np.stack([self._transform.apply_coords(c, embedding.original_size) for c, _, _ in pixels])
             points = (torch.as_tensor(coords, dtype=torch.float, device=self.device),
-                      torch.as_tensor(np.stack([labels for _, labels, _ in pixels]), dtype=torch.int,
+                      torch.as_tensor(np.stack([np.asarray(labels) for _, labels, _ in pixels]), dtype=torch.int,
                                       device=self.device))
         boxes = None
         if pixels[0][2] is not None:
@@ -131,7 +132,8 @@ class SamImagePredictor:
             boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
         masks = None
         if mask_inputs[0] is not None:
-            masks = torch.as_tensor(np.stack(mask_inputs)[:, None], dtype=torch.float, device=self.device)
+            stacked = np.stack([np.asarray(mask) for mask in mask_inputs])[:, None]
+            masks = torch.as_tensor(stacked, dtype=torch.float, device=self.device)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         multimask = prompts[0].is_single_click
         features = torch.as_tensor(embedding.features, device=self.device).float()
@@ -184,7 +186,7 @@ def weights_fingerprint(sam: torch.nn.Module) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(sam.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()))
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).data)
     return digest.hexdigest()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegm
     return ConceptSegmenter(model, processor)
 
 
-def share_backbone(concepts: "ConceptSegmenter", tracker: Any) -> bool:
+def share_backbone(concepts: ConceptSegmenter, tracker: Any) -> bool:
     """Let SAM 3's tracker use the detector's vision backbone when the weights are the same (they are in the
     published checkpoint): one copy of the ViT instead of two, about 1.8 GB less in float32."""
     import torch
@@ -111,7 +112,7 @@ class ConceptSegmenter:
                          original_size=(int(image.shape[0]), int(image.shape[1])))
 
     @on_compute_thread
-    def detect(self, embedding: Embedding, text: str, boxes: list[tuple[float, float, float, float]],
+    def detect(self, embedding: Embedding, text: str, boxes: Sequence[Sequence[float]],
                box_labels: list[int]) -> Detections:
         """Every instance of `text` on the embedded image; `boxes` (pixels, x0 y0 x1 y1) are examples (label 1)
         or counter-examples (label 0), as SAM 3's geometric prompts."""

@@ -36,8 +36,7 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
         return mask
     kept = _without_small_components(mask, min_area, connectivity=8)
     background = ~kept
-    filled = ~_without_small_components(background, min_area, connectivity=4, keep_border=True)
-    return filled
+    return ~_without_small_components(background, min_area, connectivity=4, keep_border=True)
 
 
 def mask_to_polygons(mask: np.ndarray, options: PolygonOptions) -> list[np.ndarray]:

@@ -165,7 +165,7 @@ class HubServer:
                     self.end_headers()
                     self.wfile.write(data)
                     self.close_connection = True
-                    return
+                    return None
                 if hub.broken.get(file) == "stall":
                     self.send_response(200)
                     self.send_header("Content-Length", str(50_000_000))
@@ -173,8 +173,8 @@ class HubServer:
                     self.wfile.write(data[:65536])
                     self.wfile.flush()
                     time.sleep(20)
-                    return
-                self.answer(200, data, headers)
+                    return None
+                return self.answer(200, data, headers)
 
             def answer(self, status, data=b"", headers=None):
                 reply(self, status, data, headers)

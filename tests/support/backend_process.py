@@ -40,7 +40,7 @@ class BackendProcess:
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 120) -> "BackendProcess":
+    def wait_ready(self, timeout: float = 120) -> BackendProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

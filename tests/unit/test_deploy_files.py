@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 from sam_ls_backend import settings
 
 ROOT = Path(__file__).resolve().parents[2]

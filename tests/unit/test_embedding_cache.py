@@ -16,7 +16,7 @@ class Blob:
     nbytes: int
     exact: bool = True
 
-    def compact(self) -> "Blob":
+    def compact(self) -> Blob:
         return self if not self.exact else Blob(self.nbytes // 2, exact=False)
 
 
