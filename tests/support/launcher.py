@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from backend_process import ROOT, free_port
-from label_studio import HarnessError, _ensure_cached, cache_dir, log_tail, wait_until_up
+from tests.support.backend_process import ROOT, free_port
+from tests.support.label_studio import HarnessError, _ensure_cached, cache_dir, log_tail, wait_until_up
 
 LAUNCHER_VERSION = "1.0.9"
 # label_studio_ml.model imports redis and rq without declaring them; pinned to versions of its time.

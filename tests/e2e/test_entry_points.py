@@ -18,12 +18,12 @@ import pytest
 import requests
 from PIL import Image
 
-from backend_process import ROOT, free_port
-from conftest import scene
-from label_studio import log_tail, wait_until_up
-from launcher import LaunchedBackend, children, group_members, runs_wsgi, server_bin
-from ls_bodies import keypoint, predict_body
-from reference import decode_brush_region, reference_mask
+from tests.support.backend_process import ROOT, free_port
+from tests.support.label_studio import log_tail, wait_until_up
+from tests.support.launcher import LaunchedBackend, children, group_members, runs_wsgi, server_bin
+from tests.support.ls_bodies import keypoint, predict_body
+from tests.support.reference import decode_brush_region, reference_mask
+from tests.support.scenes import scene
 
 AUTH = ("launcher-user", "launcher-pass")
 MODEL_VERSION = "started-by-label-studio-ml"
