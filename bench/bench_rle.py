@@ -2,11 +2,12 @@
 
 Run as `python -m bench.bench_rle`. Prints the machine, the versions, and per mask the number of runs, the
 median milliseconds of each encoder over a few repeats in this same run, and their ratio. It also checks
-that both encoders give the same bytes.
+that both encoders give the same bytes; then the time of the RLE's JSON text, json.dumps against `rle_json`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
 from bench.machine import cpu_model
-from sam_ls_backend.protocol.brush_rle import encode_rle
+from sam_ls_backend.protocol.brush_rle import encode_rle, encode_rle_bytes, rle_json
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height
 SDK_REPEATS = 5
@@ -42,7 +43,17 @@ def main() -> None:
             our_ms = median_ms(partial(encode_rle, mask), OUR_REPEATS)
             name = f"{kind} {width}×{height}"
             print(f"{name:<20} {count_runs(mask):>8} {sdk_ms:>12.1f} {our_ms:>14.2f} {sdk_ms / our_ms:>6.0f}×")
-
+    print()
+    print("the RLE's JSON text, as the server writes it:")
+    print(f"{'mask':<20} {'bytes':>9} {'json.dumps ms':>14} {'rle_json ms':>12} {'ratio':>7}")
+    for width, height in SIZES:
+        rle = encode_rle_bytes(blobs(height, width))
+        if rle_json(rle) != json.dumps(list(rle), separators=(",", ":")):
+            raise SystemExit(f"rle_json differs from json.dumps on blobs {width}×{height}")
+        dumps_ms = median_ms(partial(json.dumps, list(rle), separators=(",", ":")), OUR_REPEATS)
+        ours_ms = median_ms(partial(rle_json, rle), OUR_REPEATS)
+        name = f"blobs {width}×{height}"
+        print(f"{name:<20} {len(rle):>9} {dumps_ms:>14.1f} {ours_ms:>12.2f} {dumps_ms / ours_ms:>6.0f}×")
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:

@@ -20,7 +20,7 @@ from sam_ls_backend.predictors.base import Embedding, mapped_copy
 
 log = logging.getLogger(__name__)
 
-MAX_FEATURE_VALUES = 64 * 2**20  # SAM 3 keeps ~30 M values per image; more is not an embedding we wrote
+MAX_FEATURE_VALUES = 64 * 2**20  # beyond SAM 3's feature pyramid: not an embedding we wrote
 _HEADER_END = b"\n"
 _QUIET_SECONDS = 60.0  # after a Redis failure, log the next one no sooner than this
 

@@ -81,7 +81,7 @@ class SamImagePredictor:
     @on_compute_thread
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
-        """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step, ~1 s for MobileSAM on CPU)."""
+        """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step: see the README's Speed)."""
         resized = self._transform.apply_image(image)
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         with self._encoder_lock:

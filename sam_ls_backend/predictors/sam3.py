@@ -53,7 +53,7 @@ def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegm
 
 def share_backbone(concepts: ConceptSegmenter, tracker: Any) -> bool:
     """Let SAM 3's tracker use the detector's vision backbone when the weights are the same (they are in the
-    published checkpoint): one copy of the ViT instead of two, about 1.8 GB less in float32."""
+    published checkpoint): one copy of the ViT instead of two."""
     import torch
 
     mine, theirs = concepts.model.vision_encoder.backbone, tracker.model.vision_encoder.backbone
