@@ -92,9 +92,7 @@ class SamBackend:
         request, raw_regions = self._parse_predict(body)
         stats.tasks = len(request.tasks)
         if raw_regions is None:
-            stats.warmed = self._warm(request.tasks, request.config)
-            # An empty list per task: Label Studio then stores no (empty) prediction for the task.
-            return {"results": [[] for _ in request.tasks], "model_version": self.model_version}
+            return {"results": self._prelabel(request, stats), "model_version": self.model_version}
         stats.interactive = True
         regions = read_regions(raw_regions, self.settings.negative_label_names)
         work = []
@@ -109,6 +107,20 @@ class SamBackend:
                        for task in request.tasks]
         stats.regions = sum(len(p["result"]) for p in predictions)
         return {"results": predictions, "model_version": self.model_version}
+
+    def _prelabel(self, request: Request, stats: PredictStats) -> list:
+        """A prediction for each task some pipeline labels without regions; the others' images are warmed."""
+        answers: list = []
+        unlabelled = []
+        for task in request.tasks:
+            result = next((found for pipeline in self.pipelines
+                           if (found := pipeline.prelabel(request, task, stats)) is not None), None)
+            if result is None:
+                unlabelled.append(task)
+            # An empty list for a task: Label Studio then stores no (empty) prediction for it.
+            answers.append([] if result is None else self._prediction(result))
+        stats.warmed = self._warm(unlabelled, request.config)
+        return answers
 
     def _warm(self, tasks: list[dict], config: LabelConfig) -> int:
         """Queue the images of opened tasks for embedding, so the first click finds them ready."""

@@ -2,7 +2,10 @@
 
 A request's regions are read once (protocol/regions.py); each registered pipeline in turn `take`s the regions
 it answers and leaves the rest to the next. Then, for every task of the request, each pipeline that took
-something `answer`s with its result regions. Counters for the request's log line go to `PredictStats`.
+something `answer`s with its result regions. A task without regions (opened by an annotator, or sent by
+*Retrieve predictions*) is offered to each pipeline's `prelabel` in turn: the first list of regions answers
+it; when every pipeline passes, the backend only warms the task's image. Counters for the request's log
+line go to `PredictStats`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Pipeline(Protocol):
 
     def answer(self, request: Request, task: dict, prompts: Any, stats: PredictStats) -> list[dict]:
         """The result regions of `task` for the prompts `take` returned."""
+        ...
+
+    def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
+        """The result regions of a task sent without regions, or None to pass it on."""
         ...
 
 

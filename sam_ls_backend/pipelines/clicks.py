@@ -38,6 +38,10 @@ class ClickPipeline:
         stats.boxes += sum(prompt.box is not None for prompt in prompts)
         return prompts, Regions(texts=regions.texts)
 
+    def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
+        """Clicks need an annotator: a task without regions is passed on."""
+        return None
+
     def answer(self, request: Request, task: dict, prompts: list[Prompt], stats: PredictStats) -> list[dict]:
         """Result regions for every prompt, the objects of each image decoded together on its embedding."""
         by_image: dict[str, list[Prompt]] = {}

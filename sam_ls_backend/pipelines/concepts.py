@@ -57,6 +57,10 @@ class ConceptPipeline:
         stats.boxes += sum(len(concept.boxes) for concept in concepts)
         return concepts or None, Regions(keypoints=regions.keypoints)
 
+    def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
+        """Concepts are typed by an annotator: a task without regions is passed on."""
+        return None
+
     def answer(self, request: Request, task: dict, concepts: list[ConceptPrompt], stats: PredictStats) -> list[dict]:
         """One region per instance of each image's concept, above the confidence threshold."""
         results = []
