@@ -332,9 +332,8 @@ def sam3_project(
     label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[E2EProject, Path]]:
     """A concept project (TextArea + BrushLabels) connected to a SAM_CHOICE=SAM3 backend on a tiny SAM 3 folder."""
-    from test_sam2_sam3 import CONCEPT_CONFIG
-
     from tests.support.hf_checkpoints import save_sam3_folder
+    from tests.support.sam3_reference import CONCEPT_CONFIG
 
     folder = save_sam3_folder(tmp_path_factory.mktemp("sam3") / "sam3")
     env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folder), "DEVICE": "cpu",
@@ -356,7 +355,7 @@ def sam3_project(
 def test_sam3_concept_typed_in_label_studio_gives_every_instance(sam3_project: tuple[E2EProject, Path]) -> None:
     """A concept typed in the TextArea comes back through LS as one scored brush region per instance, each
     equal to Sam3Processor's mask, and the regions save as an annotation."""
-    from test_sam2_sam3 import concept_reference, middle_threshold, textarea
+    from tests.support.sam3_reference import concept_reference, middle_threshold, textarea
 
     project, folder = sam3_project
     threshold = middle_threshold(folder, project.image, "person")

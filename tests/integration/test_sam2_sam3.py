@@ -15,18 +15,10 @@ import torch
 
 from tests.support.ls_bodies import keypoint, predict_body, rectangle
 from tests.support.reference import decode_brush_region
+from tests.support.sam3_reference import CONCEPT_CONFIG, concept_reference, middle_threshold, textarea
 from tests.support.scenes import scene
 
 transformers = pytest.importorskip("transformers")
-
-CONCEPT_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<BrushLabels name="tag" toName="image"><Label value="person"/><Label value="car"/></BrushLabels>'
-    '<TextArea name="concept" toName="image" editable="true" rows="1" maxSubmissions="1" smart="true"/>'
-    '<KeyPointLabels name="tag2" toName="image" smart="true"><Label value="person" smart="true"/></KeyPointLabels>'
-    '<RectangleLabels name="tag3" toName="image" smart="true"><Label value="person"/><Label value="car"/>'
-    '</RectangleLabels></View>')
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -49,12 +41,6 @@ def backends(folders, image_host):
                                      LABEL_STUDIO_API_KEY=image_host.token)
         made[choice] = (build_app(settings).test_client(), settings)
     return made
-
-
-def textarea(text: str, to_name: str = "image") -> dict:
-    """What Label Studio sends for a smart TextArea's submitted text."""
-    return {"id": f"txt_{text}", "from_name": "concept", "to_name": to_name, "type": "textarea",
-            "value": {"text": [text]}, "origin": "manual"}
 
 
 def concept_body(url: str, regions: list[dict], task_id: int = 1) -> dict:
@@ -87,20 +73,6 @@ def prompt_reference(folder, choice: str, image: np.ndarray, points=None, labels
     masks = processor.post_process_masks(output.pred_masks, inputs["original_sizes"])[0][0]
     best = int(torch.argmax(output.iou_scores[0, 0])) if single_click else 0
     return masks[best].numpy()
-
-
-@torch.inference_mode()
-def concept_reference(folder, image: np.ndarray, text: str, threshold: float, boxes=None, box_labels=None):
-    """Sam3Model from pixels and Sam3Processor's instance post-processing: (score, mask) pairs, best first."""
-    model = transformers.Sam3Model.from_pretrained(folder, local_files_only=True).eval()
-    processor = transformers.Sam3Processor.from_pretrained(folder, local_files_only=True)
-    extra = {"input_boxes": [boxes], "input_boxes_labels": [box_labels]} if boxes else {}
-    inputs = processor(images=image, text=text, return_tensors="pt", **extra)
-    output = model(**inputs)
-    found = processor.post_process_instance_segmentation(output, threshold=threshold, mask_threshold=0.5,
-                                                         target_sizes=inputs["original_sizes"].tolist())[0]
-    order = torch.argsort(found["scores"], descending=True)
-    return [(float(found["scores"][i]), found["masks"][i].numpy()) for i in order]
 
 
 def pixels(box_percent, width, height):
@@ -187,15 +159,6 @@ def test_sam2_click_reuses_the_embedding(backends, image_host, folders):
     assert first.status_code == second.status_code == 200
     metrics = client.get("/metrics").get_data(as_text=True)
     assert _metric(metrics, "sam_embedding_cache_hits") >= 1
-
-
-def middle_threshold(folder, image, text, **boxes) -> str:
-    """A threshold, as an annotator would type it, that keeps about half of SAM 3's candidates.
-
-    Random weights score every candidate close to 0.25, so SAM 3's default of 0.5 would keep none.
-    """
-    scores = [score for score, _ in concept_reference(folder, image, text, 0.0, **boxes)]
-    return f"{np.quantile(scores, 0.5):.6f}"
 
 
 def test_concept_returns_every_instance_above_the_threshold(backends, folders, image_host):
@@ -398,7 +361,8 @@ def test_no_concept_request_is_a_500(backends, image_host):
     from hypothesis import HealthCheck, given
     from hypothesis import settings as examples
     from hypothesis import strategies as st
-    from test_region_properties import ANY_REGION, JSON
+
+    from tests.support.region_strategies import ANY_REGION, JSON
 
     url = image_host.add_image("/data/upload/1/hostile-concepts.png", scene(48, 36, seed=17))
     client, _ = backends["SAM3"]

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from sam_ls_backend.compute_thread import COMPUTE, ComputeThread, on_compute_thread
-from sam_ls_backend.protocol.prompts import Prompt
-from tests.support.scenes import scene
+from tests.support.polling import eventually
 
 
 def test_calls_run_on_the_resident_thread_and_return_their_result() -> None:
@@ -107,32 +105,9 @@ def test_torch_work_on_a_busy_resident_thread_leaves_no_openmp_threads_behind() 
             assert compute.run(lambda: float((work * 2).sum())) == 8_000_000
         release.set()
         blocked.result(timeout=60)
-    assert _eventually(lambda: _native_threads() <= baseline)  # libgomp ends a team when its thread ends
+    assert eventually(lambda: _native_threads() <= baseline)  # libgomp ends a team when its thread ends
 
-
-def test_a_click_is_decoded_while_the_encoder_runs(vit_t_predictor) -> None:
-    embedding = vit_t_predictor.embed(scene(320, 240, seed=1))
-    click = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
-    with ThreadPoolExecutor(max_workers=2) as callers:
-        with vit_t_predictor._encoder_lock:  # another image's encoder run is in progress
-            encoding = callers.submit(vit_t_predictor.embed, scene(320, 240, seed=2))
-            assert _eventually(COMPUTE._free.locked)  # the waiting encoder call holds the resident thread
-            # queued behind the encoder, the click would wait until the lock is released below
-            answer = callers.submit(vit_t_predictor.predict, embedding, click).result(timeout=60)
-            assert not encoding.done()
-        assert encoding.result(timeout=60).original_size == (240, 320)
-    assert answer.mask.shape == (240, 320)
 
 
 def _native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
-
-
-def _eventually(condition: Callable[[], bool], seconds: float = 60) -> bool:
-    """Whether `condition()` holds within `seconds` (polled): for what other threads do in their own time."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
