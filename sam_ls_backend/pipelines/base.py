@@ -11,13 +11,16 @@ line go to `PredictStats`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from sam_ls_backend.embeddings.lookup import ImageEmbeddings
+from sam_ls_backend.embeddings.refinement import RefinementHistory
+from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.predictors.base import Predictor
 from sam_ls_backend.protocol.label_config import LabelConfig
+from sam_ls_backend.protocol.polygons import PolygonOptions
 from sam_ls_backend.protocol.regions import Regions
-
-if TYPE_CHECKING:
-    from sam_ls_backend.backend import SamBackend
+from sam_ls_backend.settings import Settings
 
 
 @dataclass
@@ -64,7 +67,27 @@ class Pipeline(Protocol):
         ...
 
 
+class Backend(Protocol):
+    """What pipelines use of the backend (`SamBackend`): its settings, model and caches."""
+
+    settings: Settings
+    predictor: Predictor
+    embeddings: ImageEmbeddings
+    history: RefinementHistory
+    polygon_options: PolygonOptions
+    concepts: Any  # SAM 3's ConceptSegmenter, else None
+    concept_embeddings: ImageEmbeddings | None
+
+
 class PipelineFactory(Protocol):
     """A registry entry: builds the pipeline for a backend, or None when the backend's model cannot serve it."""
 
-    def __call__(self, backend: SamBackend) -> Pipeline | None: ...
+    def __call__(self, backend: Backend) -> Pipeline | None: ...
+
+
+def image_url(task: dict, field_name: str) -> str:
+    """The URL in the task's data field `field_name`; InvalidRequest when there is none."""
+    url = task["data"].get(field_name)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest(f"task {task.get('id')} has no image URL in data.{field_name}")
+    return url.strip()

@@ -8,25 +8,21 @@ dropped; negative rectangles are cut out; islands and holes under MIN_AREA are r
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.metrics import DECODER_SECONDS
 from sam_ls_backend.outputs import output_controls, to_results
-from sam_ls_backend.pipelines.base import PredictStats, Request
+from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
 from sam_ls_backend.predictors.base import Embedding, MaskResult, decode_objects
 from sam_ls_backend.protocol.polygons import remove_small_regions
 from sam_ls_backend.protocol.prompts import Prompt, group_prompts
 from sam_ls_backend.protocol.regions import Regions
 
-if TYPE_CHECKING:
-    from sam_ls_backend.backend import SamBackend
-
 
 class ClickPipeline:
     """Keypoints and rectangles to one mask per object."""
 
-    def __init__(self, backend: SamBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.settings = backend.settings
 
@@ -88,11 +84,3 @@ class ClickPipeline:
         else:
             stats.encoder_runs += 1
         return embedding
-
-
-def image_url(task: dict, field_name: str) -> str:
-    """The URL in the task's data field `field_name`; InvalidRequest when there is none."""
-    url = task["data"].get(field_name)
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidRequest(f"task {task.get('id')} has no image URL in data.{field_name}")
-    return url.strip()

@@ -16,8 +16,7 @@ from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.metrics import DECODER_SECONDS
 from sam_ls_backend.outputs import output_controls, to_results
-from sam_ls_backend.pipelines.base import PredictStats, Request
-from sam_ls_backend.pipelines.clicks import image_url
+from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
 from sam_ls_backend.predictors.base import Embedding
 from sam_ls_backend.protocol.concepts import ConceptPrompt, concept_prompts
 from sam_ls_backend.protocol.label_config import Control
@@ -25,7 +24,6 @@ from sam_ls_backend.protocol.polygons import remove_small_regions
 from sam_ls_backend.protocol.regions import Regions
 
 if TYPE_CHECKING:
-    from sam_ls_backend.backend import SamBackend
     from sam_ls_backend.predictors.sam3 import ConceptSegmenter, Detections
 
 DETECTIONS_BYTES = 256 * 2**20  # SAM 3 answers kept so that a new threshold needs no model run
@@ -36,7 +34,7 @@ DEFAULT_CONCEPT_THRESHOLD = 0.5  # SAM 3's own default confidence, used while SC
 class ConceptPipeline:
     """Typed text and rectangles to one region per instance of the concept, each with its score."""
 
-    def __init__(self, backend: SamBackend, segmenter: ConceptSegmenter, embeddings: ImageEmbeddings) -> None:
+    def __init__(self, backend: Backend, segmenter: ConceptSegmenter, embeddings: ImageEmbeddings) -> None:
         self.settings = backend.settings
         self.polygon_options = backend.polygon_options
         self.segmenter = segmenter
@@ -46,7 +44,7 @@ class ConceptPipeline:
         self.typed: LRU[tuple[str, str, str], tuple[str, float | None]] = LRU(REMEMBERED_CONCEPTS)
 
     @classmethod
-    def build(cls, backend: SamBackend) -> ConceptPipeline | None:
+    def build(cls, backend: Backend) -> ConceptPipeline | None:
         """The pipeline, when the backend has SAM 3's concept detector."""
         if backend.concepts is None or backend.concept_embeddings is None:
             return None

@@ -91,6 +91,15 @@ class Predictor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LoadedModels:
+    """What a SAM_CHOICE serves: the predictor clicks go to, and SAM 3's concept detector (a
+    `predictors.sam3.ConceptSegmenter`) or None."""
+
+    predictor: Predictor
+    concepts: Any = None
+
+
 def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence[Prompt],
                    mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
     """One mask per prompt: batched and refined when the predictor can, else one `predict` per prompt."""

@@ -5,8 +5,32 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sam_ls_backend.errors import ConfigError
+
+
+class ModelSettings(Protocol):
+    """The settings that say which model and where its files are (sam_ls_backend.settings.Settings has them)."""
+
+    @property
+    def sam_choice(self) -> str: ...
+    @property
+    def mobilesam_checkpoint(self) -> str: ...
+    @property
+    def sam_checkpoint(self) -> str: ...
+    @property
+    def sam_model_type(self) -> str: ...
+    @property
+    def onnx_decoder(self) -> str: ...
+    @property
+    def onnx_encoder(self) -> str: ...
+    @property
+    def sam2_model_dir(self) -> str: ...
+    @property
+    def sam3_model_dir(self) -> str: ...
+
+    def model_path(self, name: str) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -30,6 +54,37 @@ class ModelFile:
             raise ConfigError(f"model folder not found or incomplete: {self.path}. Run ./download_models.sh "
                               f"{self.download} or set {self.variable} to a downloaded model folder")
         return self.path
+
+
+def mobile_sam_checkpoint(settings: ModelSettings) -> ModelFile:
+    return ModelFile(settings.model_path(settings.mobilesam_checkpoint), "MOBILESAM_CHECKPOINT", "mobile_sam")
+
+
+def sam_checkpoint(settings: ModelSettings, model_type: str | None = None) -> ModelFile:
+    """SAM_CHECKPOINT, or MobileSAM's checkpoint when `model_type` is vit_t (the ONNX path's torch encoder)."""
+    if model_type == "vit_t":
+        return mobile_sam_checkpoint(settings)
+    return ModelFile(settings.model_path(settings.sam_checkpoint), "SAM_CHECKPOINT", settings.sam_model_type)
+
+
+def onnx_paths(settings: ModelSettings) -> tuple[Path, Path | None]:
+    """The decoder and (if set) encoder files, resolved against MODEL_DIR; ConfigError names a missing one.
+
+    Cheap and free of onnxruntime, so the server's start-up check can run it before gunicorn forks.
+    """
+    decoder = _model_file(settings, settings.onnx_decoder, "ONNX_DECODER")
+    encoder = _model_file(settings, settings.onnx_encoder, "ONNX_ENCODER") if settings.onnx_encoder else None
+    return decoder, encoder
+
+
+def _model_file(settings: ModelSettings, name: str, variable: str) -> Path:
+    """A setting's file, resolved against MODEL_DIR like the checkpoints; ConfigError when it is missing."""
+    path = settings.model_path(name)
+    if not path.is_file():
+        raise ConfigError(f"{variable} not found: {path}. Export it with python onnx_converter.py --checkpoint "
+                          f"<SAM or MobileSAM checkpoint>{' --encoder' if variable == 'ONNX_ENCODER' else ''}, "
+                          f"or set {variable} to the file's path")
+    return path
 
 
 def fingerprint(model_version: str, files: list[Path]) -> str:

@@ -19,10 +19,9 @@ import numpy as np
 
 from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.errors import ConfigError
-from sam_ls_backend.predictors.base import Embedding, MaskResult
+from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
 from sam_ls_backend.predictors.device import resolve_device, use_torch_threads
 from sam_ls_backend.predictors.files import ModelFile
-from sam_ls_backend.predictors.registry import LoadedModels
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 

@@ -29,10 +29,10 @@ from torch import nn
 from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors import onnx_export
 from sam_ls_backend.predictors.base import Embedding
+from sam_ls_backend.predictors.files import mobile_sam_checkpoint
 from sam_ls_backend.predictors.onnx_export import export_decoder, export_encoder
 from sam_ls_backend.predictors.onnx_graph import DECODER_GRAPH, ENCODER_GRAPH
 from sam_ls_backend.predictors.onnx_runtime import OnnxImageEncoder, OnnxSamPredictor, open_graph
-from sam_ls_backend.predictors.registry import mobile_sam_checkpoint
 from sam_ls_backend.predictors.sam import MODEL_BUILDERS, SamImagePredictor, read_state_dict, recognise_model_type
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings

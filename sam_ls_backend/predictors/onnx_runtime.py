@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from sam_ls_backend.errors import ConfigError
-from sam_ls_backend.predictors.base import Embedding, MaskResult
-from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
+from sam_ls_backend.predictors.files import ModelFile, onnx_paths, sam_checkpoint
 from sam_ls_backend.predictors.onnx_graph import (
     BOX_CORNERS,
     DECODER_GRAPH,
@@ -39,7 +39,6 @@ from sam_ls_backend.predictors.onnx_graph import (
     PADDING_POINT,
     WEIGHTS_KEY,
 )
-from sam_ls_backend.predictors.registry import LoadedModels, sam_checkpoint
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 
@@ -72,16 +71,6 @@ def load(settings: Settings, decoder_file: ModelFile) -> LoadedModels:
     log.info("loaded ONNX %s: decoder %s, encoder %s, on %s in %.1f s", model_type, decoder_path,
              encoder_path or "in torch", decoder.get_providers()[0], time.perf_counter() - started)
     return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type))
-
-
-def onnx_paths(settings: Settings) -> tuple[Path, Path | None]:
-    """The decoder and (if set) encoder files, resolved against MODEL_DIR; ConfigError names a missing one.
-
-    Cheap and free of onnxruntime, so the server's start-up check can run it before gunicorn forks.
-    """
-    decoder = _model_file(settings, settings.onnx_decoder, "ONNX_DECODER")
-    encoder = _model_file(settings, settings.onnx_encoder, "ONNX_ENCODER") if settings.onnx_encoder else None
-    return decoder, encoder
 
 
 class OnnxSamPredictor:
@@ -236,14 +225,3 @@ def execution_providers(device: str) -> list:
     if device.startswith("cuda") or (device == "auto" and has_cuda):
         return [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def _model_file(settings: Settings, name: str, variable: str) -> Path:
-    """A setting's file, resolved against MODEL_DIR like the checkpoints; ConfigError when it is missing."""
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else settings.model_dir / path
-    if not path.is_file():
-        raise ConfigError(f"{variable} not found: {path}. Export it with python onnx_converter.py --checkpoint "
-                          f"<SAM or MobileSAM checkpoint>{' --encoder' if variable == 'ONNX_ENCODER' else ''}, "
-                          f"or set {variable} to the file's path")
-    return path

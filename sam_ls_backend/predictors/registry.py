@@ -9,60 +9,46 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sam_ls_backend.errors import ConfigError
-from sam_ls_backend.predictors.base import Predictor
-from sam_ls_backend.predictors.files import ModelFile
-
-if TYPE_CHECKING:
-    from sam_ls_backend.predictors.sam3 import ConceptSegmenter
-    from sam_ls_backend.settings import Settings
-
-
-@dataclass(frozen=True)
-class LoadedModels:
-    """What a SAM_CHOICE serves: the predictor clicks go to, and SAM 3's concept detector (else None)."""
-
-    predictor: Predictor
-    concepts: ConceptSegmenter | None = None
+from sam_ls_backend.predictors.base import LoadedModels, Predictor
+from sam_ls_backend.predictors.files import ModelFile, ModelSettings, mobile_sam_checkpoint, onnx_paths, sam_checkpoint
 
 
 class ModelSpec:
     """How one SAM_CHOICE is served: a checkpoint file, loaded by `loader` ("module:function" under
     `sam_ls_backend.predictors`, called as function(settings, main_file) and returning `LoadedModels`)."""
 
-    def __init__(self, main_file: Callable[[Settings], ModelFile], loader: str) -> None:
+    def __init__(self, main_file: Callable[[ModelSettings], ModelFile], loader: str) -> None:
         self.main_file = main_file
         self.loader = loader
 
-    def check(self, settings: Settings) -> None:
+    def check(self, settings: ModelSettings) -> None:
         """Raise the ConfigError that explains a missing file, without loading anything."""
         self.main_file(settings).require_file()
 
-    def load(self, settings: Settings) -> LoadedModels:
+    def load(self, settings: ModelSettings) -> LoadedModels:
         """The model's weights, loaded (start-up only: takes seconds)."""
         module, _, function = self.loader.partition(":")
         load = getattr(importlib.import_module(f"sam_ls_backend.predictors.{module}"), function)
         return load(settings, self.main_file(settings))
 
-    def files(self, settings: Settings) -> list[Path]:
+    def files(self, settings: ModelSettings) -> list[Path]:
         """The files whose contents define the model's answers (they fingerprint the shared cache)."""
         return [path for path in self._files(settings) if path.is_file()]
 
-    def _files(self, settings: Settings) -> list[Path]:
+    def _files(self, settings: ModelSettings) -> list[Path]:
         return [self.main_file(settings).path]
 
 
 class FolderModelSpec(ModelSpec):
     """A model served from a Hugging Face model folder (config.json and safetensors)."""
 
-    def check(self, settings: Settings) -> None:
+    def check(self, settings: ModelSettings) -> None:
         self.main_file(settings).require_folder()
 
-    def _files(self, settings: Settings) -> list[Path]:
+    def _files(self, settings: ModelSettings) -> list[Path]:
         folder = self.main_file(settings).path
         return sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
 
@@ -70,26 +56,13 @@ class FolderModelSpec(ModelSpec):
 class OnnxModelSpec(ModelSpec):
     """SAM's prompt decoder exported to ONNX, with an exported encoder or the checkpoint it came from."""
 
-    def check(self, settings: Settings) -> None:
-        from sam_ls_backend.predictors.onnx_runtime import onnx_paths  # onnxruntime itself is not imported
-
+    def check(self, settings: ModelSettings) -> None:
         onnx_paths(settings)
 
-    def _files(self, settings: Settings) -> list[Path]:
+    def _files(self, settings: ModelSettings) -> list[Path]:
         if settings.onnx_encoder:
             return [self.main_file(settings).path, settings.model_path(settings.onnx_encoder)]
         return [self.main_file(settings).path, mobile_sam_checkpoint(settings).path, sam_checkpoint(settings).path]
-
-
-def mobile_sam_checkpoint(settings: Settings) -> ModelFile:
-    return ModelFile(settings.model_path(settings.mobilesam_checkpoint), "MOBILESAM_CHECKPOINT", "mobile_sam")
-
-
-def sam_checkpoint(settings: Settings, model_type: str | None = None) -> ModelFile:
-    """SAM_CHECKPOINT, or MobileSAM's checkpoint when `model_type` is vit_t (the ONNX path's torch encoder)."""
-    if model_type == "vit_t":
-        return mobile_sam_checkpoint(settings)
-    return ModelFile(settings.model_path(settings.sam_checkpoint), "SAM_CHECKPOINT", settings.sam_model_type)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -110,6 +83,6 @@ def model_spec(choice: str) -> ModelSpec:
     return MODELS[choice]
 
 
-def load_predictor(settings: Settings) -> Predictor:
+def load_predictor(settings: ModelSettings) -> Predictor:
     """The predictor SAM_CHOICE names, loaded from its files as the server loads it."""
     return model_spec(settings.sam_choice).load(settings).predictor

@@ -19,10 +19,9 @@ import numpy as np
 
 from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.lru import LRU
-from sam_ls_backend.predictors.base import Embedding
+from sam_ls_backend.predictors.base import Embedding, LoadedModels
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.hf import import_transformers, load_pretrained, load_prompt_predictor
-from sam_ls_backend.predictors.registry import LoadedModels
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
