@@ -1,11 +1,26 @@
 """Masks as polygons Label Studio can store and export (COCO, YOLO), and small-island / small-hole cleanup.
 
-A mask becomes one polygon per connected part (8-connected) of at least `min_area` pixels. Label Studio
-polygons have no holes, so a hole of at least `min_area` pixels is cut into its part through a zero-width
-"keyhole" slit from the outline to the hole and back: filled with either the even-odd or the non-zero rule,
-the polygon covers the part without the hole, and COCO / YOLO consumers read it as one simple ring. Smaller
-holes are filled. Vertices lie on the centres of the boundary pixels, so a polygon's edge is within half a
-pixel of the mask's; outlines are simplified with Douglas-Peucker and loosened until the vertex bound holds.
+Label Studio polygons have no holes, and a COCO or YOLO export holds exactly the polygons we send, so a part
+with holes is sent as several hole-free polygons that tile it:
+
+- The mask is cleaned first (`remove_small_regions`): islands and holes under `min_area` pixels go.
+- Each 8-connected part (the `MAX_PARTS` largest) is cut along horizontal pixel-grid lines chosen so that
+  every hole it keeps meets one of them (as few lines as possible, through the middle of the holes they
+  share). Between two consecutive lines the part falls into pieces with no hole; a piece is traced along its
+  pixels' outer edges (the "crack" boundary: pixel (row r, column c) covers [c, c+1) x [r, r+1)), so its
+  ring holds exactly its pixels, and neighbouring pieces share their cut edges without overlapping. Where
+  two pixels of a piece touch only at a corner, the ring passes that corner at half a pixel's distance on
+  each side, so no ring touches itself.
+- Each ring is simplified with Douglas-Peucker at `tolerance` pixels, keeping every vertex on a cut line
+  (so shared edges stay shared and a piece never leaves its band between two cuts). Where a simplified ring
+  would cross itself, the pixel-exact vertex farthest from the offending edge is put back until it does not.
+- `max_vertices` bounds the vertices of one part's polygons together. When they do not fit, the part's
+  holes are filled, smallest first, before the outline is distorted; only a part with no hole left is
+  simplified with a looser tolerance. `polygon_answer` tells which pixels the polygons describe (the mask
+  with the given-up holes filled), so what was given up can be measured.
+
+Filled by COCO's rasteriser (pycocotools) such a ring reproduces its pixels exactly; simplification costs
+at most `tolerance` pixels along the boundary.
 """
 
 from __future__ import annotations
@@ -16,15 +31,31 @@ import cv2
 import numpy as np
 
 MAX_PARTS = 100  # the largest parts are kept; a speckled mask must not become thousands of regions
+_LOOSEN = 1.5  # a part with no hole left that is over the vertex bound is simplified this much more loosely
 
 
 @dataclass(frozen=True)
 class PolygonOptions:
-    """How masks become polygons: tolerance in pixels, vertex bound per polygon, smallest part/hole in pixels."""
+    """How masks become polygons: tolerance in pixels, vertex bound per part, smallest part/hole in pixels."""
 
     tolerance: float = 1.0
     max_vertices: int = 200
     min_area: int = 64
+
+
+@dataclass(frozen=True)
+class PolygonAnswer:
+    """The polygons of a mask and what they describe.
+
+    `polygons[i]` outlines a piece of part `parts[i]` (0 = the largest part); `described` (H×W bool) is the
+    cleaned mask of the parts sent, with the holes that did not fit the vertex bound filled;
+    `tolerances[p]` is the Douglas-Peucker tolerance part p was simplified with.
+    """
+
+    polygons: list[np.ndarray]
+    parts: list[int]
+    described: np.ndarray
+    tolerances: list[float]
 
 
 def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -41,26 +72,36 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
 
 
 def mask_to_polygons(mask: np.ndarray, options: PolygonOptions) -> list[np.ndarray]:
-    """One closed polygon (N×2 float pixel coordinates, x right / y down, continuous frame) per mask part.
+    """Closed hole-free polygons (N×2 float pixel coordinates, x right / y down, continuous frame) tiling the
+    mask's parts: one per part without holes, several per part with holes. Parts come largest first; at most
+    `MAX_PARTS`. Pixel (row r, column c) covers [c, c+1) × [r, r+1)."""
+    return polygon_answer(mask, options).polygons
 
-    Parts come largest first; at most `MAX_PARTS`. Pixel (row r, column c) covers [c, c+1) × [r, r+1).
-    """
-    clean = remove_small_regions(mask.astype(bool), max(options.min_area, 1)).astype(np.uint8)
-    contours, hierarchy = cv2.findContours(clean, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    parts = []
-    for index, (_, _, first_child, parent) in enumerate(hierarchy[0]):
-        if parent != -1:
-            continue  # a hole: handled with its outline
-        holes = []
-        child = first_child
-        while child != -1:
-            holes.append(contours[child])
-            child = hierarchy[0][child][0]
-        parts.append((cv2.contourArea(contours[index]), contours[index], holes))
-    parts.sort(key=lambda part: -part[0])
-    return [_polygon(outline, holes, options) + 0.5 for _, outline, holes in parts[:MAX_PARTS]]
+
+def polygon_answer(mask: np.ndarray, options: PolygonOptions) -> PolygonAnswer:
+    """`mask_to_polygons` with the part of each polygon, the pixels described and the tolerances used."""
+    clean = remove_small_regions(mask.astype(bool), max(options.min_area, 1))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(clean.astype(np.uint8), connectivity=8)
+    order = sorted(range(1, count), key=lambda label: -int(stats[label, cv2.CC_STAT_AREA]))[:MAX_PARTS]
+    given_up = np.zeros(clean.shape, dtype=bool)  # holes filled for the vertex bound, islands in them included
+    done = []
+    for label in order:
+        left, top, width, height = (int(value) for value in stats[label, :4])
+        part = labels[top:top + height, left:left + width] == label
+        row, column = np.unravel_index(int(np.argmax(part)), part.shape)
+        rings, filled, tolerance = _part_polygons(part, options)
+        given_up[top:top + height, left:left + width] |= filled
+        done.append((label, (top + row, left + column), (left, top), rings, tolerance))
+    polygons, parts, tolerances, sent = [], [], [], []
+    for label, pixel, (left, top), rings, tolerance in done:
+        if given_up[pixel]:
+            continue  # an island inside another part's filled hole: that part's polygons cover it
+        parts += [len(tolerances)] * len(rings)
+        tolerances.append(tolerance)
+        polygons += [ring + (left, top) for ring in rings]
+        sent.append(label)
+    described = np.isin(labels, sent) | given_up
+    return PolygonAnswer(polygons, parts, described, tolerances)
 
 
 def polygon_to_percent(polygon: np.ndarray, width: int, height: int) -> list[list[float]]:
@@ -69,40 +110,256 @@ def polygon_to_percent(polygon: np.ndarray, width: int, height: int) -> list[lis
     return np.round(percent, 4).tolist()
 
 
-def _polygon(outline: np.ndarray, holes: list[np.ndarray], options: PolygonOptions) -> np.ndarray:
-    """The outline with its holes cut in, at most `max_vertices` vertices: loosen the tolerance up to four
-    times the configured one, then fill the smallest holes, then loosen further."""
-    holes = sorted(holes, key=cv2.contourArea, reverse=True)
-    loosest_with_holes = 4 * max(options.tolerance, 0.5)
-    tolerance = options.tolerance
-    while True:
-        ring = _simplified(outline, tolerance)
-        if ring is None:  # loosened below a triangle: the part's rotated bounding rectangle
-            return cv2.boxPoints(cv2.minAreaRect(outline)).astype(np.float64)
-        hole_rings = [hole for hole in (_simplified(h, tolerance) for h in holes) if hole is not None]
-        if len(ring) + sum(len(hole) + 2 for hole in hole_rings) <= options.max_vertices:
-            for hole in hole_rings:
-                ring = _cut_in(ring, hole)
-            return ring.astype(np.float64)
-        if hole_rings and tolerance >= loosest_with_holes:
-            holes = holes[:-1]
+def _part_polygons(part: np.ndarray, options: PolygonOptions) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """The hole-free rings tiling one part (h×w bool crop), the holes given up (h×w bool) and the tolerance.
+
+    Holes are kept largest first, as many as the vertex bound allows: the count is first estimated from the
+    simplified hole rings and the cut lines they need, then lowered until the real rings fit.
+    """
+    tolerance = max(options.tolerance, 0.0)
+    hole_labels, holes = _holes(part)  # (label, top row, bottom row, exact ring), largest first
+    simplified = [len(_simplify(ring, set(), tolerance)) for *_, ring in holes]
+    whole = part | (hole_labels > 0)
+    (outline,) = _closure_rings(whole)
+    outline_count = len(_simplify(outline, set(), tolerance))
+
+    def estimate(keep: int) -> int:
+        rows = _cut_rows([(top, bottom) for _, top, bottom, _ in holes[:keep]])
+        crossings = sum(_crossings(ring, rows) for ring in [outline] + [ring for *_, ring in holes[:keep]])
+        return outline_count + sum(simplified[:keep]) + 3 * crossings
+
+    low, high = 0, len(holes)  # the largest count whose estimate fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate(middle) <= options.max_vertices:
+            low = middle
         else:
-            tolerance = max(tolerance * 1.5, 0.5)
+            high = middle - 1
+    keep = low
+    while keep > 0:
+        filled = np.isin(hole_labels, [hole[0] for hole in holes[keep:]])
+        rings = _pieces(part | filled, _cut_rows([(top, bottom) for _, top, bottom, _ in holes[:keep]]),
+                        tolerance)
+        excess = sum(len(ring) for ring in rings) - options.max_vertices
+        if excess <= 0:
+            return rings, filled, tolerance
+        keep = min(keep - 1, keep * options.max_vertices // (options.max_vertices + excess))
+    filled = hole_labels > 0
+    while tolerance <= max(part.shape):
+        ring = _simplify(outline, set(), tolerance)
+        if len(ring) <= options.max_vertices:
+            return [ring], filled, tolerance
+        tolerance = max(tolerance * _LOOSEN, 0.5)
+    return [cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32))).astype(np.float64)], filled, tolerance
 
 
-def _simplified(contour: np.ndarray, tolerance: float) -> np.ndarray | None:
-    """A contour (K×1×2) as an M×2 ring with Douglas-Peucker `tolerance`; None when under 3 vertices remain."""
-    ring = cv2.approxPolyDP(contour, tolerance, closed=True) if tolerance > 0 else contour
-    ring = ring.reshape(-1, 2)
-    return ring if len(ring) >= 3 else None
+def _holes(part: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, np.ndarray]]]:
+    """The part's holes (4-connected background it encloses, islands in it included): a crop-sized label
+    image (0: not a hole) and, largest first, each hole's label, first and last row and exact ring."""
+    padded = np.pad(~part, 1, constant_values=True).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(padded, connectivity=4)
+    labels = labels[1:-1, 1:-1]
+    holes = []
+    for label in range(1, count):
+        left, top, width, height, area = (int(value) for value in stats[label])
+        if left == 0 or top == 0 or left + width == padded.shape[1] or top + height == padded.shape[0]:
+            continue  # the outside
+        left, top = left - 1, top - 1
+        (ring,) = _closure_rings(labels[top:top + height, left:left + width] == label)
+        holes.append((label, top, top + height - 1, ring + (left, top), area))
+    holes.sort(key=lambda hole: -hole[4])
+    hole_labels = np.where(np.isin(labels, [hole[0] for hole in holes]), labels, 0)
+    return hole_labels, [hole[:4] for hole in holes]
 
 
-def _cut_in(ring: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """`ring` walking to `hole` at their closest vertices, around the hole, and back: one keyhole ring."""
-    distances = ((ring[:, None, :] - hole[None, :, :]) ** 2).sum(axis=-1)
-    at_ring, at_hole = np.unravel_index(int(np.argmin(distances)), distances.shape)
-    around_hole = np.concatenate([hole[at_hole:], hole[: at_hole + 1]])
-    return np.concatenate([ring[: at_ring + 1], around_hole, ring[at_ring:]])
+def _cut_rows(spans: list[tuple[int, int]]) -> list[int]:
+    """Grid lines (y = row index: the line above that row) meeting every hole spanning rows top..bottom.
+
+    A line y meets a hole when top <= y <= bottom + 1; the fewest lines do it (greedy interval stabbing), each
+    in the middle of the rows its holes share."""
+    rows = []
+    low, high = None, None
+    for start, end in sorted(((top, bottom + 1) for top, bottom in spans), key=lambda span: span[1]):
+        if high is not None and start <= high:
+            low = max(low, start)
+            continue
+        if high is not None:
+            rows.append((low + high) // 2)
+        low, high = start, end
+    if high is not None:
+        rows.append((low + high) // 2)
+    return sorted(rows)
+
+
+def _crossings(ring: np.ndarray, rows: list[int]) -> int:
+    """How often `ring` crosses the horizontal lines `rows`."""
+    if not rows:
+        return 0
+    y = ring[:, 1]
+    sides = y[:, None] < np.asarray(rows, dtype=np.float64)[None, :]
+    return int((sides != np.roll(sides, -1, axis=0)).sum())
+
+
+def _pieces(pixels: np.ndarray, rows: list[int], tolerance: float) -> list[np.ndarray]:
+    """The simplified rings of the pieces `pixels` falls into when cut along grid lines `rows`.
+
+    Bands between consecutive lines alternate; the pieces of one parity never touch, so each parity is traced
+    at once, and pieces of neighbouring bands share their edges on the line between them."""
+    if not rows:
+        return [_simplify(ring, set(), tolerance) for ring in _closure_rings(pixels)]
+    band = np.searchsorted(np.asarray(rows), np.arange(pixels.shape[0]), side="right")
+    fixed = set(rows)
+    rings = []
+    for parity in (0, 1):
+        sub = pixels & (band % 2 == parity)[:, None]
+        if sub.any():
+            rings += [_simplify(ring, fixed, tolerance) for ring in _closure_rings(sub)]
+    rings.sort(key=lambda ring: -abs(_area(ring)))
+    return rings
+
+
+def _closure_rings(pixels: np.ndarray) -> list[np.ndarray]:
+    """The outer rings (M×2 float, continuous frame) of `pixels`' 8-connected components along their
+    pixels' edges. Traced on a grid of twice the resolution, where the closed square of each pixel is 3×3
+    cells: two pixels touching at a corner share only that corner's cell, so the ring goes round it."""
+    height, width = pixels.shape
+    grid = np.zeros((2 * height + 1, 2 * width + 1), dtype=np.uint8)
+    grid[1::2, 1::2] = pixels
+    grid = cv2.dilate(grid, np.ones((3, 3), dtype=np.uint8))
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [_corners(contour.reshape(-1, 2), grid) / 2.0 for contour in contours]
+
+
+def _corners(chain: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The turning points of a traced chain of grid cells (x, y), with the inner corners it cut put back.
+
+    The tracer steps diagonally past a cell with no background beside it (only diagonally): at an inner
+    corner of the pixels' outline that cell is the corner itself and goes back in; where two pixels touch
+    only at a corner (the cell's diagonal neighbours alternate), the diagonal step is kept, so the two
+    passes of the ring stay half a pixel apart."""
+    if len(chain) < 2:
+        return chain.astype(np.float64)
+    step = np.roll(chain, -1, axis=0) - chain
+    diagonal = np.flatnonzero((step[:, 0] != 0) & (step[:, 1] != 0))
+    if diagonal.size:
+        start, move = chain[diagonal], step[diagonal]
+        across = start + move * [1, 0]  # the two cells beside the step: one is on, the other off
+        down = start + move * [0, 1]
+        corner = np.where((grid[across[:, 1], across[:, 0]] > 0)[:, None], across, down)
+        x, y = corner[:, 0], corner[:, 1]
+        inside = (x > 0) & (y > 0) & (x < grid.shape[1] - 1) & (y < grid.shape[0] - 1)
+        xs, ys = np.clip(x, 1, grid.shape[1] - 2), np.clip(y, 1, grid.shape[0] - 2)
+        top_left, bottom_right = grid[ys - 1, xs - 1], grid[ys + 1, xs + 1]
+        top_right, bottom_left = grid[ys - 1, xs + 1], grid[ys + 1, xs - 1]
+        alternate = (top_left == bottom_right) & (top_right == bottom_left) & (top_left != top_right)
+        saddle = inside & (x % 2 == 0) & (y % 2 == 0) & alternate
+        chain = np.insert(chain, diagonal[~saddle] + 1, corner[~saddle], axis=0)
+        step = np.roll(chain, -1, axis=0) - chain
+    turns = np.any(step != np.roll(step, 1, axis=0), axis=1)
+    return chain[turns].astype(np.float64)
+
+
+def _simplify(ring: np.ndarray, fixed_rows: set[int], tolerance: float) -> np.ndarray:
+    """`ring` by Douglas-Peucker at `tolerance`, keeping its vertices on the lines `fixed_rows`, and putting
+    back exact vertices until no edge crosses or touches another."""
+    count = len(ring)
+    if tolerance <= 0 or count <= 4:
+        return ring
+    keep = np.zeros(count, dtype=bool)
+    if fixed_rows:
+        keep |= np.isin(ring[:, 1], np.fromiter(fixed_rows, dtype=np.float64))
+    anchors = np.flatnonzero(keep)
+    if len(anchors) == 0:
+        keep[_douglas_peucker_closed(ring, tolerance)] = True
+    else:
+        for start, end in zip(anchors, np.roll(anchors, -1)):
+            span = np.arange(start, end + 1 if end > start else end + count + 1) % count
+            keep[span[_douglas_peucker_open(ring[span], tolerance)]] = True
+    while True:
+        kept = np.flatnonzero(keep)
+        bad = _crossing_edges(ring[kept])
+        if not bad.size:
+            return ring[kept]
+        before = int(keep.sum())
+        for edge in bad:
+            start, end = kept[edge], kept[(edge + 1) % len(kept)]
+            span = np.arange(start + 1, end if end > start else end + count) % count
+            if span.size:
+                keep[span[np.argmax(_distances(ring[span], ring[start], ring[end]))]] = True
+        if keep.sum() == before:  # only pixel-exact edges left crossing: cannot happen for a traced ring
+            return ring[kept]
+
+
+def _douglas_peucker_open(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Indices of the vertices Douglas-Peucker keeps on an open chain (both ends kept)."""
+    kept = cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), tolerance, False).reshape(-1, 2)
+    return _indices_of(points, kept)
+
+
+def _douglas_peucker_closed(ring: np.ndarray, tolerance: float) -> np.ndarray:
+    kept = cv2.approxPolyDP(ring.astype(np.float32).reshape(-1, 1, 2), tolerance, True).reshape(-1, 2)
+    return _indices_of(ring, kept)
+
+
+def _indices_of(points: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """Where the vertices `subset` are in `points` (all distinct: a traced ring never repeats a vertex)."""
+    keys = _keys(points)
+    order = np.argsort(keys)
+    return order[np.searchsorted(keys[order], _keys(subset))]
+
+
+def _keys(points: np.ndarray) -> np.ndarray:
+    doubled = np.rint(points * 2).astype(np.int64)  # vertices lie on the half-pixel grid
+    return doubled[:, 0] * (1 << 32) + doubled[:, 1]
+
+
+def _distances(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    direction = end - start
+    length = np.hypot(*direction)
+    if length == 0:
+        return np.hypot(*(points - start).T)
+    return np.abs(direction[0] * (points[:, 1] - start[1]) - direction[1] * (points[:, 0] - start[0])) / length
+
+
+def _crossing_edges(ring: np.ndarray) -> np.ndarray:
+    """Indices of the edges (edge i joins vertex i to i+1) that cross or touch a non-adjacent edge, or fold
+    back onto the next one. Exact: vertices lie on the half-pixel grid."""
+    count = len(ring)
+    if count < 4:
+        return np.zeros(0, dtype=np.int64)
+    a = np.rint(ring * 2).astype(np.int64)
+    b = np.roll(a, -1, axis=0)
+    bad = np.zeros(count, dtype=bool)
+    turn = _cross(b - a, np.roll(b, -1, axis=0) - b)
+    folds = (turn == 0) & (((b - a) * (np.roll(b, -1, axis=0) - b)).sum(axis=1) <= 0)
+    bad |= folds
+    bad |= np.roll(folds, 1)
+    for first in range(0, count, 256):
+        i = np.arange(first, min(first + 256, count))[:, None]
+        j = np.arange(count)[None, :]
+        apart = (j > i + 1) & ~((i == 0) & (j == count - 1))
+        a1, b1, a2, b2 = a[i], b[i], a[j], b[j]
+        o1 = np.sign(_cross(b1 - a1, a2 - a1))
+        o2 = np.sign(_cross(b1 - a1, b2 - a1))
+        o3 = np.sign(_cross(b2 - a2, a1 - a2))
+        o4 = np.sign(_cross(b2 - a2, b1 - a2))
+        meet = (o1 * o2 <= 0) & (o3 * o4 <= 0)
+        collinear = (o1 == 0) & (o2 == 0)
+        overlap = ((np.minimum(a1, b1) <= np.maximum(a2, b2)) & (np.minimum(a2, b2) <= np.maximum(a1, b1))).all(-1)
+        hits = apart & meet & (~collinear | overlap)
+        rows, cols = np.nonzero(hits)
+        bad[i[rows, 0]] = True
+        bad[cols] = True
+    return np.flatnonzero(bad)
+
+
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
 def _without_small_components(mask: np.ndarray, min_area: int, connectivity: int,
