@@ -32,6 +32,10 @@ import numpy as np
 
 MAX_PARTS = 100  # the largest parts are kept; a speckled mask must not become thousands of regions
 _LOOSEN = 1.5  # a part with no hole left that is over the vertex bound is simplified this much more loosely
+# Douglas-Peucker bounds how far an edge strays, not how much area it gets wrong: on a line a pixel or two
+# wide, or a ragged edge, a tolerance of a pixel loses most of the shape. Edges are refined until a ring's
+# area error (pixels between each edge and the outline it replaces) is at most this share of its area.
+_AREA_ERROR = 0.02
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,12 @@ def _part_polygons(part: np.ndarray, options: PolygonOptions) -> tuple[list[np.n
     simplified hole rings and the cut lines they need, then lowered until the real rings fit.
     """
     tolerance = max(options.tolerance, 0.0)
-    hole_labels, holes = _holes(part)  # (label, top row, bottom row, exact ring), largest first
-    simplified = [len(_simplify(ring, set(), tolerance)) for *_, ring in holes]
+    # A hole costs at least 4 vertices: only the largest max_vertices / 4 are candidates.
+    hole_labels, holes = _holes(part, max(options.max_vertices // 4, 0))  # (label, top, bottom, ring)
+    simplified = [len(_simplify(ring, set(), tolerance, limit=0)) for *_, ring in holes]
     whole = part | (hole_labels > 0)
     (outline,) = _closure_rings(whole)
-    outline_count = len(_simplify(outline, set(), tolerance))
+    outline_count = len(_simplify(outline, set(), tolerance, limit=0))
 
     def estimate(keep: int) -> int:
         rows = _cut_rows([(top, bottom) for _, top, bottom, _ in holes[:keep]])
@@ -137,7 +142,7 @@ def _part_polygons(part: np.ndarray, options: PolygonOptions) -> tuple[list[np.n
             high = middle - 1
     keep = low
     while keep > 0:
-        filled = np.isin(hole_labels, [hole[0] for hole in holes[keep:]])
+        filled = (hole_labels > 0) & ~np.isin(hole_labels, [hole[0] for hole in holes[:keep]])
         rings = _pieces(part | filled, _cut_rows([(top, bottom) for _, top, bottom, _ in holes[:keep]]),
                         tolerance)
         excess = sum(len(ring) for ring in rings) - options.max_vertices
@@ -146,30 +151,47 @@ def _part_polygons(part: np.ndarray, options: PolygonOptions) -> tuple[list[np.n
         keep = min(keep - 1, keep * options.max_vertices // (options.max_vertices + excess))
     filled = hole_labels > 0
     while tolerance <= max(part.shape):
-        ring = _simplify(outline, set(), tolerance)
+        looser = tolerance / max(options.tolerance, 1e-9)
+        ring = _simplify(outline, set(), tolerance, limit=options.max_vertices, area_error=_AREA_ERROR * looser)
         if len(ring) <= options.max_vertices:
             return [ring], filled, tolerance
         tolerance = max(tolerance * _LOOSEN, 0.5)
-    return [cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32))).astype(np.float64)], filled, tolerance
+    (x0, y0), (x1, y1) = outline.min(axis=0), outline.max(axis=0)  # loosened past its size: its bounding box
+    return [np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0]])], filled, tolerance
 
 
-def _holes(part: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, np.ndarray]]]:
+def _holes(part: np.ndarray, most: int) -> tuple[np.ndarray, list[tuple[int, int, int, np.ndarray]]]:
     """The part's holes (4-connected background it encloses, islands in it included): a crop-sized label
-    image (0: not a hole) and, largest first, each hole's label, first and last row and exact ring."""
+    image (0: not a hole) and, largest first, the `most` largest holes' labels, first and last rows and exact
+    rings."""
     padded = np.pad(~part, 1, constant_values=True).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(padded, connectivity=4)
     labels = labels[1:-1, 1:-1]
-    holes = []
-    for label in range(1, count):
-        left, top, width, height, area = (int(value) for value in stats[label])
-        if left == 0 or top == 0 or left + width == padded.shape[1] or top + height == padded.shape[0]:
-            continue  # the outside
-        left, top = left - 1, top - 1
-        (ring,) = _closure_rings(labels[top:top + height, left:left + width] == label)
-        holes.append((label, top, top + height - 1, ring + (left, top), area))
-    holes.sort(key=lambda hole: -hole[4])
-    hole_labels = np.where(np.isin(labels, [hole[0] for hole in holes]), labels, 0)
-    return hole_labels, [hole[:4] for hole in holes]
+    outside = stats[:, cv2.CC_STAT_LEFT] == 0
+    outside[0] = True  # label 0 is the part itself
+    hole_labels = np.where(outside[labels], 0, labels)
+    order = [int(label) for label in np.argsort(-stats[:, cv2.CC_STAT_AREA], kind="stable") if not outside[label]]
+    candidates = order[:most]
+    if not candidates:
+        return hole_labels, []
+    by_box = {}
+    for label in candidates:
+        left, top, width, height = (int(value) for value in stats[label, :4])
+        by_box.setdefault((left - 1, top - 1, width, height), []).append(label)
+    grid = _closure_grid(part)
+    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    rings = {}
+    for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+        if parent == -1:
+            continue
+        x, y, w, h = cv2.boundingRect(contour)  # grid cells around the hole: its pixels' box, one cell out
+        box = (x // 2, y // 2, (w - 1) // 2, (h - 1) // 2)
+        if box in by_box and by_box[box]:
+            rings[by_box[box].pop(0)] = _corners(contour.reshape(-1, 2), grid) / 2.0
+    holes = [(label, int(stats[label, cv2.CC_STAT_TOP]) - 1,
+              int(stats[label, cv2.CC_STAT_TOP] + stats[label, cv2.CC_STAT_HEIGHT]) - 2, rings[label])
+             for label in candidates if label in rings]
+    return hole_labels, holes
 
 
 def _cut_rows(spans: list[tuple[int, int]]) -> list[int]:
@@ -220,14 +242,20 @@ def _pieces(pixels: np.ndarray, rows: list[int], tolerance: float) -> list[np.nd
 
 def _closure_rings(pixels: np.ndarray) -> list[np.ndarray]:
     """The outer rings (M×2 float, continuous frame) of `pixels`' 8-connected components along their
-    pixels' edges. Traced on a grid of twice the resolution, where the closed square of each pixel is 3×3
-    cells: two pixels touching at a corner share only that corner's cell, so the ring goes round it."""
+    pixels' edges."""
+    grid = _closure_grid(pixels)
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [_corners(contour.reshape(-1, 2), grid) / 2.0 for contour in contours]
+
+
+def _closure_grid(pixels: np.ndarray) -> np.ndarray:
+    """`pixels` on a grid of twice the resolution plus one, where cell (2y, 2x) is the corner (x, y) and the
+    closed square of each pixel is 3×3 cells: two pixels touching at a corner share only that corner's cell,
+    so a ring traced on it goes round that cell instead of through the corner."""
     height, width = pixels.shape
     grid = np.zeros((2 * height + 1, 2 * width + 1), dtype=np.uint8)
     grid[1::2, 1::2] = pixels
-    grid = cv2.dilate(grid, np.ones((3, 3), dtype=np.uint8))
-    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return [_corners(contour.reshape(-1, 2), grid) / 2.0 for contour in contours]
+    return cv2.dilate(grid, np.ones((3, 3), dtype=np.uint8))
 
 
 def _corners(chain: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -259,9 +287,13 @@ def _corners(chain: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return chain[turns].astype(np.float64)
 
 
-def _simplify(ring: np.ndarray, fixed_rows: set[int], tolerance: float) -> np.ndarray:
-    """`ring` by Douglas-Peucker at `tolerance`, keeping its vertices on the lines `fixed_rows`, and putting
-    back exact vertices until no edge crosses or touches another."""
+def _simplify(ring: np.ndarray, fixed_rows: set[int], tolerance: float, limit: int | None = None,
+              area_error: float = _AREA_ERROR) -> np.ndarray:
+    """`ring` by Douglas-Peucker at `tolerance`, keeping its vertices on the lines `fixed_rows`; then each
+    edge is split at its farthest exact vertex while it gets more area wrong than its share (by length) of
+    `area_error` × the ring's area; then exact vertices are put back until no edge crosses or touches
+    another. Over `limit` vertices before that last step, the ring is returned unrepaired: the caller will
+    not use it."""
     count = len(ring)
     if tolerance <= 0 or count <= 4:
         return ring
@@ -275,6 +307,12 @@ def _simplify(ring: np.ndarray, fixed_rows: set[int], tolerance: float) -> np.nd
         for start, end in zip(anchors, np.roll(anchors, -1)):
             span = np.arange(start, end + 1 if end > start else end + count + 1) % count
             keep[span[_douglas_peucker_open(ring[span], tolerance)]] = True
+    while keep.sum() < 3:  # a sliver Douglas-Peucker flattened: its farthest vertex makes it a triangle
+        kept = np.flatnonzero(keep)
+        keep[np.argmax(_distances(ring, ring[kept[0]], ring[kept[-1]]))] = True
+    _refine_area(ring, keep, area_error)
+    if limit is not None and keep.sum() > limit:
+        return ring[keep]
     while True:
         kept = np.flatnonzero(keep)
         bad = _crossing_edges(ring[kept])
@@ -288,6 +326,39 @@ def _simplify(ring: np.ndarray, fixed_rows: set[int], tolerance: float) -> np.nd
                 keep[span[np.argmax(_distances(ring[span], ring[start], ring[end]))]] = True
         if keep.sum() == before:  # only pixel-exact edges left crossing: cannot happen for a traced ring
             return ring[kept]
+
+
+def _refine_area(ring: np.ndarray, keep: np.ndarray, area_error: float) -> None:
+    """Mark more vertices of `ring` in `keep` until no edge gets more area wrong than its share."""
+    count = len(ring)
+    steps = np.hypot(*(np.roll(ring, -1, axis=0) - ring).T)
+    along_ring = np.concatenate([[0.0], np.cumsum(np.concatenate([steps, steps]))])
+    per_length = area_error * abs(_area(ring)) / along_ring[count]
+    kept = np.flatnonzero(keep)
+    pending = [(int(start), int(end) if end > start else int(end) + count)
+               for start, end in zip(kept, np.roll(kept, -1))]
+    while pending:
+        start, end = pending.pop()
+        if end - start <= 1:
+            continue
+        points = ring[np.arange(start, end + 1) % count]
+        if _area_error(points) <= per_length * (along_ring[end] - along_ring[start]):
+            continue
+        middle = start + 1 + int(np.argmax(_distances(points[1:-1], points[0], points[-1])))
+        keep[middle % count] = True
+        pending += [(start, middle), (middle, end)]
+
+
+def _area_error(points: np.ndarray) -> float:
+    """The area between the chain `points` and the straight edge joining its ends."""
+    direction = points[-1] - points[0]
+    length = np.hypot(*direction)
+    if length == 0:
+        return abs(_area(points))
+    relative = points - points[0]
+    along = relative @ direction / length
+    across = (direction[0] * relative[:, 1] - direction[1] * relative[:, 0]) / length
+    return float(np.abs((across[:-1] + across[1:]) / 2 * np.diff(along)).sum())
 
 
 def _douglas_peucker_open(points: np.ndarray, tolerance: float) -> np.ndarray:
@@ -334,22 +405,22 @@ def _crossing_edges(ring: np.ndarray) -> np.ndarray:
     folds = (turn == 0) & (((b - a) * (np.roll(b, -1, axis=0) - b)).sum(axis=1) <= 0)
     bad |= folds
     bad |= np.roll(folds, 1)
-    for first in range(0, count, 256):
-        i = np.arange(first, min(first + 256, count))[:, None]
-        j = np.arange(count)[None, :]
-        apart = (j > i + 1) & ~((i == 0) & (j == count - 1))
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    for first in range(0, count, 512):
+        rows = np.arange(first, min(first + 512, count))
+        near = ((low[rows, None, :] <= high[None, :, :]) & (low[None, :, :] <= high[rows, None, :])).all(-1)
+        near &= np.arange(count)[None, :] > rows[:, None] + 1  # each pair once, adjacent edges apart
+        near[rows == 0, count - 1] = False
+        i, j = np.nonzero(near)
+        i += first
         a1, b1, a2, b2 = a[i], b[i], a[j], b[j]
         o1 = np.sign(_cross(b1 - a1, a2 - a1))
         o2 = np.sign(_cross(b1 - a1, b2 - a1))
         o3 = np.sign(_cross(b2 - a2, a1 - a2))
         o4 = np.sign(_cross(b2 - a2, b1 - a2))
-        meet = (o1 * o2 <= 0) & (o3 * o4 <= 0)
-        collinear = (o1 == 0) & (o2 == 0)
-        overlap = ((np.minimum(a1, b1) <= np.maximum(a2, b2)) & (np.minimum(a2, b2) <= np.maximum(a1, b1))).all(-1)
-        hits = apart & meet & (~collinear | overlap)
-        rows, cols = np.nonzero(hits)
-        bad[i[rows, 0]] = True
-        bad[cols] = True
+        hits = (o1 * o2 <= 0) & (o3 * o4 <= 0)  # with bounding boxes meeting, collinear edges overlap
+        bad[i[hits]] = True
+        bad[j[hits]] = True
     return np.flatnonzero(bad)
 
 

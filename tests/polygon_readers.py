@@ -70,12 +70,13 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return labels[1:-1, 1:-1] != labels[0, 0]
 
 
-def hole_areas(part: np.ndarray) -> list[int]:
-    """The areas of the holes of a part, and the pixels of each, as (area, bool mask) pairs."""
+def hole_areas(part: np.ndarray, described: np.ndarray) -> list[tuple[int, bool]]:
+    """(area, filled in `described`) for each hole of `part` (4-connected background it encloses)."""
     padded = np.pad(~part, 1, constant_values=True).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(padded, connectivity=4)
+    covered = np.bincount(labels[1:-1, 1:-1].ravel(), weights=described.ravel(), minlength=count)
     outside = labels[0, 0]
-    return [(int(stats[label, cv2.CC_STAT_AREA]), labels[1:-1, 1:-1] == label)
+    return [(int(stats[label, cv2.CC_STAT_AREA]), bool(covered[label] == stats[label, cv2.CC_STAT_AREA]))
             for label in range(1, count) if label != outside]
 
 
