@@ -32,6 +32,7 @@ test: $(VENV)/.tests redis-server
 bench: $(VENV)/.tests
 	$(BIN)/python bench/bench_server.py
 	$(BIN)/python bench/bench_rle.py
+	$(BIN)/python bench/bench_polygons.py
 	$(BIN)/python bench/bench_hf.py
 
 bench-memory: $(VENV)/.tests
