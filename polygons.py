@@ -12,15 +12,17 @@ with holes is sent as several hole-free polygons that tile it:
   two pixels of a piece touch only at a corner, the ring passes that corner at half a pixel's distance on
   each side, so no ring touches itself.
 - Each ring is simplified with Douglas-Peucker at `tolerance` pixels, keeping every vertex on a cut line
-  (so shared edges stay shared and a piece never leaves its band between two cuts). Where a simplified ring
-  would cross itself, the pixel-exact vertex farthest from the offending edge is put back until it does not.
+  (so shared edges stay shared and a piece never leaves its band between two cuts). An edge that gets more
+  than its share (by length) of 2% of the ring's area wrong is split at its farthest exact vertex (a pixel
+  of tolerance alone loses lines a pixel or two wide, and ragged edges). Where a simplified ring would cross
+  or touch itself, the exact vertex farthest from the offending edge is put back until it does not.
 - `max_vertices` bounds the vertices of one part's polygons together. When they do not fit, the part's
   holes are filled, smallest first, before the outline is distorted; only a part with no hole left is
-  simplified with a looser tolerance. `polygon_answer` tells which pixels the polygons describe (the mask
-  with the given-up holes filled), so what was given up can be measured.
+  simplified with a looser tolerance (and area share), down to its bounding box. `polygon_answer` tells
+  which pixels the polygons describe (the mask with the given-up holes filled) and the tolerance each part
+  used, so what was given up can be measured.
 
-Filled by COCO's rasteriser (pycocotools) such a ring reproduces its pixels exactly; simplification costs
-at most `tolerance` pixels along the boundary.
+Filled by COCO's rasteriser (pycocotools), an unsimplified ring reproduces its pixels exactly.
 """
 
 from __future__ import annotations
