@@ -39,6 +39,7 @@ lint: $(VENV)/.tests
 bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_rle
+	$(BIN)/python -m bench.bench_polygons
 	$(BIN)/python -m bench.bench_hf
 
 bench-memory: $(VENV)/.tests

@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
+from sam_ls_backend.protocol.polygons import PolygonOptions, polygon_answer, remove_small_regions
+from sam_ls_backend.settings import Settings
 from tests.support.backend_process import ROOT, BackendProcess
 from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
 from tests.support.ls_bodies import SAM_CONFIG, keypoint, rectangle
+from tests.support.polygon_readers import coco_raster, iou
 from tests.support.redis_server import RedisServer
 from tests.support.reference import decode_brush_region, reference_mask
 from tests.support.scenes import scene
@@ -286,11 +288,11 @@ def test_polygon_results_save_and_export_as_coco_and_yolo(
     ls.create_annotation(task_id, polygons)
     expected = sorted(pixel_bounds(region["value"]["points"], width, height) for region in polygons)
     mask, _ = reference_mask(vit_t_checkpoint, image, box=np.array([40.0, 48.0, 168.0, 180.0]))
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    left, top, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
-    np.testing.assert_allclose(pixel_bounds(polygons[0]["value"]["points"], width, height),
-                               [left + 0.5, top + 0.5, left + w - 0.5, top + h - 0.5], atol=0.01,
-                               err_msg="the first polygon outlines SamPredictor's largest part, through pixel centres")
+    rows, columns = np.nonzero(remove_small_regions(mask, Settings.polygon_min_area))
+    bounds = np.array([pixel_bounds(region["value"]["points"], width, height) for region in polygons])
+    np.testing.assert_allclose([*bounds[:, :2].min(axis=0), *bounds[:, 2:].max(axis=0)],
+                               [columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], atol=0.01,
+                               err_msg="the polygons run along the outer edges of SamPredictor's mask's pixels")
 
     coco = json.loads(exported_file(ls.export(project_id, "COCO"), "result.json"))
     (entry,) = coco["images"]
@@ -310,6 +312,47 @@ def test_polygon_results_save_and_export_as_coco_and_yolo(
         xs, ys = np.array(line[1::2], dtype=float) * width, np.array(line[2::2], dtype=float) * height
         bounds.append((xs.min(), ys.min(), xs.max(), ys.max()))
     np.testing.assert_allclose(sorted(bounds), expected, atol=0.01)
+
+
+def test_polygon_answer_exports_to_coco_as_the_brush_mask_of_the_same_click(
+    label_studio: LabelStudio, backend_url: str, vit_t_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Issue 17: the polygons of a rectangle click, saved in Label Studio and exported as COCO, decode (with
+    pycocotools) to the brush mask of the same click, SamPredictor's mask after small-region cleanup."""
+    width, height = 320, 240
+    path = tmp_path / "coco.png"
+    image = scene(width, height, seed=17)
+    Image.fromarray(image).save(path)
+    ls = label_studio
+    project_id = ls.create_project("sam-ls-backend polygons to COCO", POLYGON_CONFIG)
+    task_id = ls.import_image(project_id, path)
+    ml_id = ls.connect_ml_backend(project_id, backend_url)
+    regions = [rectangle(x=12.5, y=20.0, w=40.0, h=55.0, width=width, height=height, label="Object")]
+    answer = ls.interactive_annotating(ml_id, task_id, regions)
+    assert "data" in answer, f"Label Studio reported a backend failure: {answer}"
+    polygons = answer["data"]["result"]
+    assert polygons and all(r["type"] == "polygonlabels" for r in polygons)
+    ls.create_annotation(task_id, polygons)
+
+    mask, _ = reference_mask(vit_t_checkpoint, image, box=np.array([40.0, 48.0, 168.0, 180.0]))
+    brush = remove_small_regions(mask, Settings.polygon_min_area)
+    assert brush.sum() >= 0.01 * width * height, "the click's mask is not trivially empty"
+    # A random-weight mask is speckled: the default vertex bound may give up some holes (smallest first);
+    # what the polygons describe is the brush mask with those filled.
+    options = PolygonOptions(Settings.polygon_tolerance, Settings.polygon_max_vertices, Settings.polygon_min_area)
+    described = polygon_answer(mask, options).described
+
+    coco = json.loads(exported_file(ls.export(project_id, "COCO"), "result.json"))
+    (entry,) = coco["images"]
+    assert (entry["width"], entry["height"]) == (width, height)
+    segmentations = [a["segmentation"] for a in coco["annotations"]]
+    assert len(segmentations) == len(polygons)
+    exported = coco_raster([np.reshape(polygon, (-1, 2)) for segmentation in segmentations
+                            for polygon in segmentation], height, width)  # pycocotools, as a COCO reader does
+    faithful = iou(exported, described)
+    assert faithful >= 0.95, f"COCO's polygons and the brush mask of the same click: IoU {faithful:.4f}"
+    given_up = iou(described, brush)
+    assert iou(exported, brush) >= given_up - 0.01, "all that differs from the brush mask is the given-up holes"
 
 
 def pixel_bounds(points: list[list[float]], width: int, height: int) -> tuple[float, float, float, float]:

@@ -6,48 +6,37 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 
 from sam_ls_backend.outputs import OUTPUTS, to_results
 from sam_ls_backend.protocol.brush_rle import encode_rle
 from sam_ls_backend.protocol.label_config import Control
-from sam_ls_backend.protocol.polygons import PolygonOptions, mask_to_polygons, polygon_to_percent, remove_small_regions
+from sam_ls_backend.protocol.polygons import (
+    PolygonOptions,
+    mask_to_polygons,
+    polygon_answer,
+    polygon_to_percent,
+    remove_small_regions,
+)
+from tests.support.polygon_checks import check_answer, rasterize
+from tests.support.polygon_readers import (
+    READERS,
+    coco_raster,
+    disc,
+    iou,
+    shapely_polygon,
+)
 
 BRUSH = (OUTPUTS["brush"], Control("tag", "BrushLabels", ("Foreground",)))
 POLYGON = (OUTPUTS["polygon"], Control("poly", "PolygonLabels", ("Foreground",)))
 
 
-def rasterize(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centres lie inside `polygon` (even-odd rule), as COCO tools fill a ring."""
-    height, width = shape
-    ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    inside = np.zeros(shape, dtype=bool)
-    x0, y0 = polygon[:, 0], polygon[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    for ax, ay, bx, by in zip(x0, y0, x1, y1):
-        if ay == by:
-            continue
-        crosses = (ys >= min(ay, by)) & (ys < max(ay, by))
-        x_at = ax + (ys - ay) * (bx - ax) / (by - ay)
-        inside ^= crosses & (xs < x_at)
-    return inside
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
-def disc(shape: tuple[int, int], cx: float, cy: float, r: float) -> np.ndarray:
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
-    return (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
-
-
-def test_a_rectangle_becomes_four_vertices_within_half_a_pixel_of_its_edges():
+def test_a_rectangle_becomes_its_four_corners_on_the_pixel_edges_and_reads_back_exactly():
     mask = np.zeros((60, 80), dtype=bool)
     mask[10:30, 20:60] = True  # columns 20..59 cover x 20..60, rows 10..29 cover y 10..30
     (polygon,) = mask_to_polygons(mask, PolygonOptions(tolerance=1.0, max_vertices=50, min_area=1))
-    assert len(polygon) == 4
-    np.testing.assert_allclose(polygon.min(axis=0), [20.5, 10.5])
-    np.testing.assert_allclose(polygon.max(axis=0), [59.5, 29.5])
+    assert sorted(map(tuple, polygon.tolist())) == [(20, 10), (20, 30), (60, 10), (60, 30)]
+    np.testing.assert_array_equal(coco_raster([polygon], 60, 80), mask)
 
 
 def test_each_part_above_the_minimum_area_is_one_polygon_largest_first():
@@ -56,20 +45,30 @@ def test_each_part_above_the_minimum_area_is_one_polygon_largest_first():
     polygons = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=200, min_area=50))
     assert len(polygons) == 2
     big, small = (rasterize(p, mask.shape) for p in polygons)
-    assert iou(big, disc(mask.shape, 50, 60, 30)) > 0.95
-    assert iou(small, disc(mask.shape, 150, 60, 15)) > 0.9
+    assert iou(big, disc(mask.shape, 50, 60, 30)) > 0.97
+    assert iou(small, disc(mask.shape, 150, 60, 15)) > 0.95
 
 
-def test_a_large_hole_is_cut_in_through_a_keyhole_and_a_small_one_is_filled():
+def test_a_part_with_holes_becomes_hole_free_pieces_tiling_it_and_a_small_hole_is_filled():
     mask = disc((200, 200), 100, 100, 80)
     big_hole = disc((200, 200), 100, 100, 30)
+    other_hole = disc((200, 200), 60, 60, 8)
     small_hole = disc((200, 200), 100, 160, 2.5)
-    mask &= ~big_hole & ~small_hole
-    (polygon,) = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=400, min_area=100))
-    filled = rasterize(polygon, mask.shape)
-    assert not filled[big_hole].any() or filled[big_hole].mean() < 0.05, "the big hole stays empty"
-    assert filled[small_hole].all(), "the small hole is filled"
-    assert iou(filled, mask | small_hole) > 0.97
+    mask &= ~big_hole & ~other_hole & ~small_hole
+    options = PolygonOptions(tolerance=1.0, max_vertices=400, min_area=100)
+    answer = polygon_answer(mask, options)
+    assert len(answer.polygons) >= 3 and set(answer.parts) == {0}, "one part, several pieces"
+    for name, read in READERS.items():
+        filled = read(answer.polygons, 200, 200)
+        assert filled[big_hole].mean() < 0.03 and filled[other_hole].mean() < 0.1, f"{name}: the holes stay empty"
+        assert filled[small_hole].all(), f"{name}: the small hole is filled"
+        assert iou(filled, mask | small_hole) > 0.98, name
+    shapes = [shapely_polygon(p) for p in answer.polygons]
+    assert all(shape.is_valid for shape in shapes)
+    union = shapely.union_all(shapes)
+    assert union.geom_type == "Polygon" and len(union.interiors) == 2, "the pieces tile the part, holes and all"
+    assert sum(shape.area for shape in shapes) == pytest.approx(union.area), "pieces do not overlap"
+    check_answer(mask, options)
 
 
 def test_the_vertex_count_is_bounded_by_loosening_the_tolerance():
@@ -77,27 +76,42 @@ def test_the_vertex_count_is_bounded_by_loosening_the_tolerance():
     wiggly = np.hypot(xs - 150, ys - 150) < 100 + 8 * np.sin(np.arctan2(ys - 150, xs - 150) * 40)
     loose = mask_to_polygons(wiggly, PolygonOptions(tolerance=0.5, max_vertices=1000, min_area=1))[0]
     assert len(loose) > 60, "the tight polygon needs many vertices: the bound below must bite"
-    (bounded,) = mask_to_polygons(wiggly, PolygonOptions(tolerance=0.5, max_vertices=24, min_area=1))
-    assert 3 <= len(bounded) <= 24
+    answer = polygon_answer(wiggly, PolygonOptions(tolerance=0.5, max_vertices=24, min_area=1))
+    (bounded,) = answer.polygons
+    assert 3 <= len(bounded) <= 24 and answer.tolerances[0] > 0.5
     assert iou(rasterize(bounded, wiggly.shape), wiggly) > 0.8
+    assert shapely_polygon(bounded).is_valid
 
 
-def test_holes_are_filled_when_the_vertex_bound_leaves_no_room_for_them():
+def test_holes_are_given_up_smallest_first_before_the_outline_is_loosened():
     mask = np.zeros((100, 100), dtype=bool)
     mask[10:90, 10:90] = True
-    for corner in (20, 60):
-        mask[corner:corner + 15, corner:corner + 15] = False
-    # Each hole is traced by the pixels around it, corners cut: 8 vertices, plus 2 for its slit.
-    (roomy,) = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=30, min_area=50))
-    assert len(roomy) == 4 + 2 * (8 + 2)
-    # Loosened (up to 4× the tolerance) first: the holes become squares of 4.
-    (looser,) = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=20, min_area=50))
-    assert len(looser) == 4 + 2 * (4 + 2)
-    (one_hole,) = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=10, min_area=50))
-    assert len(one_hole) == 4 + 4 + 2
-    (no_hole,) = mask_to_polygons(mask, PolygonOptions(tolerance=0.5, max_vertices=8, min_area=50))
-    assert len(no_hole) == 4
-    assert rasterize(no_hole, mask.shape)[25:30, 25:30].all()
+    holes = {"small": (slice(20, 30), slice(20, 30)), "middle": (slice(60, 72), slice(20, 32)),
+             "large": (slice(40, 55), slice(55, 75))}
+    for rows, columns in holes.values():
+        mask[rows, columns] = False
+    options = PolygonOptions(tolerance=0.5, max_vertices=1000, min_area=50)
+    roomy = polygon_answer(mask, options)
+    np.testing.assert_array_equal(roomy.described, mask)
+    np.testing.assert_array_equal(coco_raster(roomy.polygons, 100, 100), mask)
+    needed = sum(len(p) for p in roomy.polygons)
+    given_up = []
+    for bound in range(needed - 1, 3, -1):
+        answer = polygon_answer(mask, PolygonOptions(tolerance=0.5, max_vertices=bound, min_area=50))
+        assert sum(len(p) for p in answer.polygons) <= bound
+        filled = [name for name, where in holes.items() if answer.described[where].all()]
+        assert all(not answer.described[where].any() for name, where in holes.items() if name not in filled)
+        if filled != given_up:
+            assert filled[:len(given_up)] == given_up, "a hole once given up stays given up"
+            given_up = filled
+        assert given_up == ["small", "middle", "large"][:len(given_up)], "smallest first"
+        np.testing.assert_array_equal(coco_raster(answer.polygons, 100, 100), answer.described,
+                                      err_msg="what is described is what a reader fills, square holes and all")
+        if len(given_up) < 3:
+            assert answer.tolerances == [0.5], "the outline is not loosened while a hole is left"
+    assert given_up == ["small", "middle", "large"]
+    (square,) = polygon_answer(mask, PolygonOptions(tolerance=0.5, max_vertices=4, min_area=50)).polygons
+    assert len(square) == 4
 
 
 def test_tolerance_trades_vertices_for_accuracy():
@@ -162,60 +176,5 @@ def test_results_follow_the_controls_one_polygon_region_per_part(controls, kinds
         points = np.array(region["value"]["points"])
         assert ((points >= 0) & (points <= 100)).all()
     if polygons:
-        np.testing.assert_allclose(np.array(polygons[0]["value"]["points"]).min(axis=0), [5.5 / 0.8, 5.5 / 0.4])
+        np.testing.assert_allclose(np.array(polygons[0]["value"]["points"]).min(axis=0), [5 / 0.8, 5 / 0.4])
     assert len({r["id"] for r in regions}) == len(regions)
-
-
-BOTH_CONFIG = ('<View><Image name="image" value="$image"/>'
-               '<BrushLabels name="tag" toName="image"><Label value="Foreground"/></BrushLabels>'
-               '<PolygonLabels name="poly" toName="image"><Label value="Foreground"/></PolygonLabels>'
-               '<KeyPointLabels name="tag2" toName="image" smart="true"><Label value="Foreground"/></KeyPointLabels>'
-               '</View>')
-
-
-@pytest.fixture(scope="module")
-def polygon_image(image_host) -> str:
-    from tests.support.scenes import scene
-
-    return image_host.add_image("/data/upload/5/polygons.png", scene(320, 240, seed=33))
-
-
-def predict(client, url: str, config: str | None = None) -> tuple[int, dict]:
-    from tests.support.ls_bodies import keypoint, predict_body
-
-    body = predict_body(url, [keypoint(40, 50), keypoint(70, 30, False)])
-    if config is not None:
-        body["label_config"] = config
-    response = client.post("/predict", json=body)
-    return response.status_code, response.json
-
-
-@pytest.mark.parametrize("result_type, types", [
-    ("auto", {"brushlabels", "polygonlabels"}),
-    ("both", {"brushlabels", "polygonlabels"}),
-    ("brush", {"brushlabels"}),
-    ("polygon", {"polygonlabels"}),
-])
-def test_the_config_decides_which_controls_answer_and_result_type_can_force_one(
-        make_client, polygon_image, result_type, types):
-    from tests.support.reference import decode_brush_region
-
-    client, _ = make_client(RESULT_TYPE=result_type)
-    status, body = predict(client, polygon_image, BOTH_CONFIG)
-    assert status == 200, body
-    regions = body["results"][0]["result"]
-    assert {r["type"] for r in regions} == types
-    if types == {"brushlabels", "polygonlabels"}:
-        (brush,) = [r for r in regions if r["type"] == "brushlabels"]
-        mask = remove_small_regions(decode_brush_region(brush), 64)
-        painted = np.zeros_like(mask)
-        for region in regions[1:]:
-            painted |= rasterize(np.array(region["value"]["points"]) * np.array([3.2, 2.4]), mask.shape)
-        assert iou(painted, mask) > 0.8, "the polygons outline the brush mask"
-
-
-def test_a_forced_control_the_config_lacks_is_a_client_error(make_client, polygon_image):
-    client, _ = make_client(RESULT_TYPE="polygon")
-    status, body = predict(client, polygon_image)  # the captured config has only BrushLabels
-    assert status == 400 and 'no <PolygonLabels toName="image">' in body["error"]
-    assert "RESULT_TYPE=polygon" in body["error"]
