@@ -49,7 +49,12 @@ class RecordingBackend:
                 if self.path.startswith("/setup"):
                     self._send({"model_version": "recording"})
                 elif self.path.startswith("/predict"):
-                    self._send(backend._predict(body))
+                    try:
+                        answer = backend._predict(body)
+                    except Exception as error:  # a test's responder failed: say so instead of hanging up
+                        self._send({"error": f"{type(error).__name__}: {error}"}, status=500)
+                        return
+                    self._send(answer)
                 else:
                     self._send({})
 

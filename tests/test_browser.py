@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from label_studio_sdk.converter.brush import decode_rle
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from backend_process import BackendProcess
@@ -26,6 +26,7 @@ from browser import Chromium, Exchange, LabelingPage, is_loopback, log_in
 from conftest import scene
 from label_studio import ADMIN_EMAIL, ADMIN_PASSWORD, LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
 from ls_bodies import SAM_CONFIG
+from recording_backend import RecordingBackend
 from reference import reference_mask
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -59,16 +60,16 @@ class Stack:
     chromium: Chromium
     work: Path
 
-    def project(self, config: str, seed: int) -> tuple[int, int, np.ndarray]:
-        """A project with `config`, one uploaded WIDTH×HEIGHT image task and this backend connected as
-        interactive; returns (project id, task id, image)."""
+    def project(self, config: str, seed: int, backend_url: str | None = None) -> tuple[int, int, np.ndarray]:
+        """A project with `config`, one uploaded WIDTH×HEIGHT image task and this backend (or the one at
+        `backend_url`) connected as interactive; returns (project id, task id, image)."""
         image = scene(WIDTH, HEIGHT, seed=seed)
         path = self.work / f"image-{seed}.png"
         Image.fromarray(image).save(path)
         ls = self.label_studio
         project_id = ls.create_project(f"browser {seed}", config)
         task_id = ls.import_image(project_id, path)
-        ls.connect_ml_backend(project_id, self.backend_url)
+        ls.connect_ml_backend(project_id, backend_url or self.backend_url)
         return project_id, task_id, image
 
 
@@ -265,6 +266,45 @@ def test_a_rectangle_dragged_on_an_accepted_region_selects_it_and_takes_its_labe
     assert labeling.selected_region_ids() == [cat["id"]]
     held = {r["id"]: r["value"]["brushlabels"] for r in labeling.regions()}
     assert held == {cat["id"]: ["Cat"], dog["id"]: ["Cat"]}
+
+
+def test_an_answer_with_an_accepted_regions_id_replaces_that_region(stack: Stack, labeling: LabelingPage) -> None:
+    """Label Studio's page, measured with a stand-in backend: with Auto-Accept on, each click reaches the
+    backend alone (the accepted keypoint is deleted), and an answer whose region has the id of a region the
+    annotation holds replaces that region instead of adding one; a new id adds a region. This is what lets a
+    backend refine an object across clicks. If this fails, Label Studio changed: update BROWSER_FINDINGS.md."""
+    answers = iter([("object-1", 20), ("object-1", 35), ("object-2", 10)])
+
+    def respond(body: dict[str, Any]) -> list[dict[str, Any]]:
+        region_id, radius = next(answers)
+        yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+        mask = (xx - WIDTH // 3) ** 2 + (yy - HEIGHT // 2) ** 2 < radius ** 2
+        rle = [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]
+        return [{"id": region_id, "from_name": "tag", "to_name": "image", "type": "brushlabels",
+                 "original_width": WIDTH, "original_height": HEIGHT, "image_rotation": 0,
+                 "value": {"format": "rle", "rle": rle, "brushlabels": ["Foreground"]}, "score": 0.5}]
+
+    recorder = RecordingBackend(respond)
+    try:
+        project_id, task_id, _ = stack.project(SAM_CONFIG, seed=15, backend_url=recorder.url)
+        open_for_smart_tools(labeling, project_id, task_id)
+        labeling.smart_tool("key-point")
+        for count, (x, y, negative) in enumerate([(33.0, 50.0, False), (80.0, 20.0, True), (80.0, 80.0, False)], 1):
+            labeling.label("Foreground", block=1)
+            labeling.click(x, y, negative=negative)
+            labeling.wait_for_answers(count)
+            held = labeling.regions()
+            if count == 1:
+                first = brush_mask(held[0])
+            if count == 2:
+                assert [r["id"] for r in held] == ["object-1"], "the same id replaced the accepted region"
+                assert brush_mask(held[0]).sum() > first.sum(), "with the second answer's pixels"
+        assert [r["id"] for r in held] == ["object-1", "object-2"], "a new id added a region"
+        sent = [[(r["type"], r["is_positive"]) for r in body["params"]["context"]["result"]]
+                for body in recorder.interactive_bodies()]
+        assert sent == [[("keypointlabels", True)], [("keypointlabels", False)], [("keypointlabels", True)]]
+    finally:
+        recorder.close()
 
 
 def corners_on(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
