@@ -32,6 +32,7 @@ from reference import reference_mask
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BACKEND_START_TIMEOUT_S = 180.0
 WIDTH, HEIGHT = 320, 240
+IMAGE_SEED = 11
 POLYGON_MIN_AREA = 64  # the backend's default: smaller parts are dropped, smaller holes filled
 
 POLYGON_CONFIG = """<View>
@@ -60,14 +61,18 @@ class Stack:
     chromium: Chromium
     work: Path
 
-    def project(self, config: str, seed: int, backend_url: str | None = None) -> tuple[int, int, np.ndarray]:
-        """A project with `config`, one uploaded WIDTH×HEIGHT image task and this backend (or the one at
-        `backend_url`) connected as interactive; returns (project id, task id, image)."""
-        image = scene(WIDTH, HEIGHT, seed=seed)
-        path = self.work / f"image-{seed}.png"
-        Image.fromarray(image).save(path)
+    def project(self, config: str, backend_url: str | None = None) -> tuple[int, int, np.ndarray]:
+        """A project with `config`, a task showing the module's image, and this backend (or the one at
+        `backend_url`) connected as interactive; returns (project id, task id, image).
+
+        Every project shows the same picture: the backend and SamPredictor then encode it once for the module.
+        """
+        image = scene(WIDTH, HEIGHT, seed=IMAGE_SEED)
+        path = self.work / "image.png"
+        if not path.exists():
+            Image.fromarray(image).save(path)
         ls = self.label_studio
-        project_id = ls.create_project(f"browser {seed}", config)
+        project_id = ls.create_project("sam-ls-backend browser", config)
         task_id = ls.import_image(project_id, path)
         ls.connect_ml_backend(project_id, backend_url or self.backend_url)
         return project_id, task_id, image
@@ -139,7 +144,7 @@ def test_smart_keypoint_click_paints_the_backends_mask(stack: Stack, labeling: L
                                                        vit_t_checkpoint: Path) -> None:
     """A smart keypoint click leaves one brush region in the editor whose pixels are the backend's answer,
     which is SamPredictor's mask for the keypoint the page sent; the keypoint itself is gone (accepted)."""
-    project_id, task_id, image = stack.project(SAM_CONFIG, seed=11)
+    project_id, task_id, image = stack.project(SAM_CONFIG)
     open_for_smart_tools(labeling, project_id, task_id)
     labeling.smart_tool("key-point")
     labeling.label("Foreground", block=1)  # BrushLabels, KeyPointLabels, RectangleLabels: the keypoints' block
@@ -166,7 +171,7 @@ def test_smart_rectangle_on_a_polygon_project_gives_polygons(stack: Stack, label
                                                              vit_t_checkpoint: Path) -> None:
     """On a PolygonLabels project a smart rectangle leaves the backend's polygons in the editor: the label's,
     closed, covering SamPredictor's mask for the rectangle the page sent; the rectangle itself is gone."""
-    project_id, task_id, image = stack.project(POLYGON_CONFIG, seed=12)
+    project_id, task_id, image = stack.project(POLYGON_CONFIG)
     open_for_smart_tools(labeling, project_id, task_id)
     labeling.smart_tool("rectangle")
     labeling.label("Object", block=1)  # PolygonLabels, RectangleLabels: the rectangles' block
@@ -220,7 +225,7 @@ def test_several_rectangles_give_one_region_each_with_its_label(stack: Stack, la
     painted with its rectangle's label and equal to SamPredictor's mask for that rectangle. The first region
     is hidden before the second drag: the random-weight masks cover most of the image, and a drag from and to
     a visible region would select it (see the next test)."""
-    project_id, task_id, image = stack.project(TWO_LABELS_CONFIG, seed=13)
+    project_id, task_id, image = stack.project(TWO_LABELS_CONFIG)
     open_for_smart_tools(labeling, project_id, task_id)
     labeling.smart_tool("rectangle")
     drawn = {"Cat": (5.0, 10.0, 45.0, 60.0), "Dog": (55.0, 40.0, 95.0, 90.0)}
@@ -249,7 +254,7 @@ def test_a_rectangle_dragged_on_an_accepted_region_selects_it_and_takes_its_labe
     still reaches the backend with its own label, but selects that region, and the answer is accepted with
     the selected region's label instead of the one the backend gave (the page applies the image's active
     labels to an accepted suggestion). If this fails, Label Studio changed: update BROWSER_FINDINGS.md."""
-    project_id, task_id, _ = stack.project(TWO_LABELS_CONFIG, seed=14)
+    project_id, task_id, _ = stack.project(TWO_LABELS_CONFIG)
     open_for_smart_tools(labeling, project_id, task_id)
     labeling.smart_tool("rectangle")
     labeling.label("Cat", block=1)
@@ -286,7 +291,7 @@ def test_an_answer_with_an_accepted_regions_id_replaces_that_region(stack: Stack
 
     recorder = RecordingBackend(respond)
     try:
-        project_id, task_id, _ = stack.project(SAM_CONFIG, seed=15, backend_url=recorder.url)
+        project_id, task_id, _ = stack.project(SAM_CONFIG, backend_url=recorder.url)
         open_for_smart_tools(labeling, project_id, task_id)
         labeling.smart_tool("key-point")
         for count, (x, y, negative) in enumerate([(33.0, 50.0, False), (80.0, 20.0, True), (80.0, 80.0, False)], 1):
