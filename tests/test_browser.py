@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
@@ -25,7 +26,7 @@ from backend_process import BackendProcess
 from browser import Chromium, Exchange, LabelingPage, is_loopback, log_in
 from conftest import scene
 from label_studio import ADMIN_EMAIL, ADMIN_PASSWORD, LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
-from ls_bodies import SAM_CONFIG
+from ls_bodies import SAM_CONFIG, predict_body
 from recording_backend import RecordingBackend
 from reference import reference_mask
 
@@ -142,8 +143,9 @@ def box_in_pixels(region: dict[str, Any]) -> np.ndarray:
 
 def test_smart_keypoint_click_paints_the_backends_mask(stack: Stack, labeling: LabelingPage,
                                                        vit_t_checkpoint: Path) -> None:
-    """A smart keypoint click leaves one brush region in the editor whose pixels are the backend's answer,
-    which is SamPredictor's mask for the keypoint the page sent; the keypoint itself is gone (accepted)."""
+    """A smart keypoint click leaves one brush region in the editor whose pixels are the backend's answer (as
+    relayed to the page, and as the backend answers the same regions posted to it directly), which is
+    SamPredictor's mask for the keypoint the page sent; the keypoint itself is gone (accepted)."""
     project_id, task_id, image = stack.project(SAM_CONFIG)
     open_for_smart_tools(labeling, project_id, task_id)
     labeling.smart_tool("key-point")
@@ -161,6 +163,12 @@ def test_smart_keypoint_click_paints_the_backends_mask(stack: Stack, labeling: L
     mask = brush_mask(held)
     assert mask.shape == (HEIGHT, WIDTH)
     assert np.array_equal(mask, brush_mask(answered)), "the editor holds the backend's mask, pixel for pixel"
+    image_url = stack.label_studio.get_task(task_id)["data"]["image"]
+    direct = requests.post(f"{stack.backend_url}/predict", json=predict_body(image_url, exchange.regions, task_id),
+                           timeout=120)
+    assert direct.status_code == 200, direct.text[:2000]
+    (again,) = direct.json()["results"][0]["result"]
+    assert np.array_equal(mask, brush_mask(again)), "the backend answers the page's regions with the same mask"
     point = np.array([[sent["value"]["x"] * WIDTH / 100, sent["value"]["y"] * HEIGHT / 100]])
     expected, _ = reference_mask(vit_t_checkpoint, image, point, np.array([1]))
     assert expected.any(), "pick a click that segments something"
