@@ -75,9 +75,6 @@ class InteractiveLog:
 
     exchanges: list[Exchange] = field(default_factory=list)
 
-    def since(self, count: int) -> list[Exchange]:
-        return self.exchanges[count:]
-
 
 class Chromium:
     """Debian's Chromium under Playwright with a fresh profile; a context refuses non-loopback requests."""
@@ -180,11 +177,6 @@ class LabelingPage:
         raise BrowserError(f"{count} interactive answers expected, got {len(self.log.exchanges)} requests "
                            f"({sum(e.answer is not None for e in self.log.exchanges)} answered) "
                            f"after {time.monotonic() - started:.0f} s")
-
-    def quiet(self, seconds: float = 1.5) -> int:
-        """Wait `seconds` and return how many interactive requests the page has sent in all (for 'sends nothing')."""
-        self.page.wait_for_timeout(seconds * 1000)
-        return len(self.log.exchanges)
 
     # --- opening a task --------------------------------------------------------------------------------
     def open_task(self, project_id: int, task_id: int) -> None:
