@@ -15,7 +15,7 @@ export MALLOC_ARENA_MAX = 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast lint bench bench-memory load check redis-server clean-venv
+.PHONY: run test test-fast lint bench bench-memory load check redis-server chromium clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -25,7 +25,7 @@ run: $(VENV)/.runtime
 	fi
 	$(BIN)/python _wsgi.py --host $(HOST) --port $(PORT)
 
-test: lint redis-server
+test: lint redis-server chromium
 	$(BIN)/python -m pytest tests
 
 # The unit tests alone (tests/unit): the fast loop while changing code.
@@ -67,6 +67,12 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing Debian's redis-server package for the tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# The browser tests (tests/e2e/test_browser.py) drive Debian's chromium through Playwright, never a downloaded browser.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium package for the browser tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 clean-venv:
 	rm -rf $(VENV)

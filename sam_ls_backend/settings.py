@@ -72,8 +72,8 @@ class Settings:
     score_threshold: float = 0.0
     # Islands and holes smaller than this many pixels are removed from masks; 0 leaves masks as SAM made them.
     min_area: int = 0
-    # Polygons: Douglas-Peucker tolerance in pixels, most vertices per polygon, and the smallest part (and
-    # hole) in pixels that becomes a polygon of its own (smaller holes are filled).
+    # Polygons: Douglas-Peucker tolerance in pixels, most vertices per part (its pieces together), and the
+    # smallest part (and hole) in pixels that becomes a polygon of its own (smaller holes are filled).
     polygon_tolerance: float = 1.0
     polygon_max_vertices: int = 200
     polygon_min_area: int = 64

@@ -1,0 +1,356 @@
+"""The annotator's workflows in Label Studio's real labeling page, against this backend as a real process.
+
+Label Studio 1.23.2 (`label_studio.py`), the backend (`_wsgi.py` with a random-weight MobileSAM) and Debian's
+headless Chromium driven by Playwright (`browser.py`) share one module: each test opens a task in the page,
+switches on Auto-Annotation and Auto-Accept, draws with a smart tool, and checks what the editor then holds
+against what the backend answered and what `segment_anything.SamPredictor` computes for the prompt the page
+sent. A failing test leaves a screenshot and the editor's state in tests/e2e/artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from PIL import Image
+
+from tests.support.backend_process import BackendProcess
+from tests.support.browser import Chromium, Exchange, LabelingPage, is_loopback, log_in
+from tests.support.label_studio import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    LABEL_STUDIO_VERSION,
+    HarnessError,
+    LabelStudio,
+    fresh_data_dir,
+)
+from tests.support.ls_bodies import SAM_CONFIG, predict_body
+from tests.support.recording_backend import RecordingBackend
+from tests.support.reference import reference_mask
+from tests.support.scenes import scene
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+BACKEND_START_TIMEOUT_S = 180.0
+WIDTH, HEIGHT = 320, 240
+IMAGE_SEED = 11
+POLYGON_MIN_AREA = 64  # the backend's default: smaller parts are dropped, smaller holes filled
+
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
+  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" background="#0000FF"/></RectangleLabels>
+</View>"""
+
+TWO_LABELS_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Cat" background="#FF0000"/><Label value="Dog" background="#00FF00"/>
+  </BrushLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Cat" background="#FF8800"/><Label value="Dog" background="#0088FF"/>
+  </RectangleLabels>
+</View>"""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Label Studio, the backend and the browser shared by the module's tests."""
+
+    label_studio: LabelStudio
+    backend_url: str
+    chromium: Chromium
+    work: Path
+
+    def project(self, config: str, backend_url: str | None = None) -> tuple[int, int, np.ndarray]:
+        """A project with `config`, a task showing the module's image, and this backend (or the one at
+        `backend_url`) connected as interactive; returns (project id, task id, image).
+
+        Every project shows the same picture: the backend and SamPredictor then encode it once for the module.
+        """
+        image = scene(WIDTH, HEIGHT, seed=IMAGE_SEED)
+        path = self.work / "image.png"
+        if not path.exists():
+            Image.fromarray(image).save(path)
+        ls = self.label_studio
+        project_id = ls.create_project("sam-ls-backend browser", config)
+        task_id = ls.import_image(project_id, path)
+        ls.connect_ml_backend(project_id, backend_url or self.backend_url)
+        return project_id, task_id, image
+
+
+@pytest.fixture(scope="module")
+def stack(vit_t_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("browser")
+    try:
+        data_dir = fresh_data_dir(work / "data")
+    except HarnessError as error:
+        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
+    with LabelStudio(data_dir, work / "label-studio.log") as label_studio:
+        env = {"SAM_CHOICE": "MobileSAM", "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "DEVICE": "cpu",
+               "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
+        backend = BackendProcess(env, log_path=work / "backend.log")
+        try:
+            backend.wait_ready(BACKEND_START_TIMEOUT_S)
+            chromium = Chromium()
+            try:
+                page = chromium.context.new_page()
+                log_in(page, label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # the cookie serves every page
+                page.close()
+                yield Stack(label_studio, backend.url, chromium, work)
+            finally:
+                chromium.close()
+        finally:
+            backend.stop()
+
+
+@pytest.fixture
+def labeling(stack: Stack, request: pytest.FixtureRequest) -> Iterator[LabelingPage]:
+    """A fresh page of the shared browser; on a failure, its screenshot and editor state go to tests/e2e/artifacts/."""
+    page = stack.chromium.context.new_page()
+    failed_before = request.session.testsfailed
+    labeling_page = LabelingPage(page, stack.label_studio.url)
+    yield labeling_page
+    if request.session.testsfailed > failed_before:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        labeling_page.save_artifacts(ARTIFACTS, name)
+    page.close()
+
+
+def open_for_smart_tools(labeling: LabelingPage, project_id: int, task_id: int, auto_accept: bool = True) -> None:
+    labeling.open_task(project_id, task_id)
+    labeling.set_toggle("auto-annotation", True)
+    labeling.set_toggle("auto-accept", auto_accept)
+
+
+def brush_mask(region: dict[str, Any]) -> np.ndarray:
+    """The H×W bool mask of a brush region, decoded with Label Studio's SDK."""
+    height, width = region["original_height"], region["original_width"]
+    rgba = np.reshape(decode_rle(region["value"]["rle"]), (height, width, 4))
+    return rgba[:, :, 3] > 0
+
+
+def of_type(regions: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [region for region in regions if region["type"] == kind]
+
+
+def box_in_pixels(region: dict[str, Any]) -> np.ndarray:
+    """A rectangle region's (x0, y0, x1, y1) in pixels of the image."""
+    value, width, height = region["value"], region["original_width"], region["original_height"]
+    return np.array([value["x"] * width / 100, value["y"] * height / 100,
+                     (value["x"] + value["width"]) * width / 100, (value["y"] + value["height"]) * height / 100])
+
+
+def test_smart_keypoint_click_paints_the_backends_mask(stack: Stack, labeling: LabelingPage,
+                                                       vit_t_checkpoint: Path) -> None:
+    """A smart keypoint click leaves one brush region in the editor whose pixels are the backend's answer (as
+    relayed to the page, and as the backend answers the same regions posted to it directly), which is
+    SamPredictor's mask for the keypoint the page sent; the keypoint itself is gone (accepted)."""
+    project_id, task_id, image = stack.project(SAM_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("key-point")
+    labeling.label("Foreground", block=1)  # BrushLabels, KeyPointLabels, RectangleLabels: the keypoints' block
+    labeling.click(37.5, 50.0)
+    (exchange,) = labeling.wait_for_answers(1)
+
+    (sent,) = exchange.regions
+    assert sent["type"] == "keypointlabels" and sent["is_positive"] is True
+    assert sent["value"]["keypointlabels"] == ["Foreground"]
+    assert (sent["value"]["x"], sent["value"]["y"]) == pytest.approx((37.5, 50.0), abs=1.0)
+    (answered,) = exchange.result
+    (held,) = labeling.regions()
+    assert held["type"] == "brushlabels" and held["value"]["brushlabels"] == ["Foreground"]
+    mask = brush_mask(held)
+    assert mask.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(mask, brush_mask(answered)), "the editor holds the backend's mask, pixel for pixel"
+    image_url = stack.label_studio.get_task(task_id)["data"]["image"]
+    direct = requests.post(f"{stack.backend_url}/predict", json=predict_body(image_url, exchange.regions, task_id),
+                           timeout=120)
+    assert direct.status_code == 200, direct.text[:2000]
+    (again,) = direct.json()["results"][0]["result"]
+    assert np.array_equal(mask, brush_mask(again)), "the backend answers the page's regions with the same mask"
+    point = np.array([[sent["value"]["x"] * WIDTH / 100, sent["value"]["y"] * HEIGHT / 100]])
+    expected, _ = reference_mask(vit_t_checkpoint, image, point, np.array([1]))
+    assert expected.any(), "pick a click that segments something"
+    assert np.array_equal(mask, expected), f"{int((mask != expected).sum())} pixels differ from SamPredictor's"
+
+
+def test_smart_rectangle_on_a_polygon_project_gives_polygons(stack: Stack, labeling: LabelingPage,
+                                                             vit_t_checkpoint: Path) -> None:
+    """On a PolygonLabels project a smart rectangle leaves the backend's polygons in the editor: the label's,
+    closed, covering SamPredictor's mask for the rectangle the page sent; the rectangle itself is gone."""
+    project_id, task_id, image = stack.project(POLYGON_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    labeling.label("Object", block=1)  # PolygonLabels, RectangleLabels: the rectangles' block
+    labeling.drag(12.5, 20.0, 52.5, 75.0)
+    (exchange,) = labeling.wait_for_answers(1)
+
+    (sent,) = exchange.regions
+    assert sent["type"] == "rectanglelabels" and sent["value"]["rectanglelabels"] == ["Object"]
+    answered = exchange.result
+    held = labeling.regions()
+    assert held and all(region["type"] == "polygonlabels" for region in held), [r["type"] for r in held]
+    assert [r["value"]["polygonlabels"] for r in held] == [["Object"]] * len(held)
+    assert all(r["value"]["closed"] for r in held)
+    assert len(held) == len(answered)
+    for region, answer in zip(held, answered):
+        np.testing.assert_allclose(region["value"]["points"], answer["value"]["points"], atol=1e-9)
+
+    expected, _ = reference_mask(vit_t_checkpoint, image, box=box_in_pixels(sent))
+    assert 0.05 < expected.mean() < 0.95, "pick a rectangle whose mask is neither empty nor everything"
+    outline = without_specks_and_holes(expected, POLYGON_MIN_AREA)
+    drawn = polygons_mask(held)
+    iou = (drawn & outline).sum() / (drawn | outline).sum()
+    assert iou > 0.9, f"the polygons cover SamPredictor's mask for the rectangle sent with IoU {iou:.3f} only"
+
+
+def without_specks_and_holes(mask: np.ndarray, area: int) -> np.ndarray:
+    """`mask` without its 8-connected parts and its 4-connected holes of fewer than `area` pixels: what polygons
+    without small parts and with small holes filled can outline."""
+    cleaned = mask.copy()
+    for value, connectivity in ((True, 8), (False, 4)):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((cleaned == value).astype(np.uint8),
+                                                                   connectivity=connectivity)
+        for index in range(1, count):
+            if stats[index, cv2.CC_STAT_AREA] < area:
+                cleaned[labels == index] = not value
+    return cleaned
+
+
+def polygons_mask(regions: list[dict[str, Any]]) -> np.ndarray:
+    """The HEIGHT×WIDTH pixels inside polygon regions whose vertices sit on pixel centres (percent of the image)."""
+    canvas = np.zeros((HEIGHT, WIDTH), np.uint8)
+    rings = [np.round(np.array(r["value"]["points"]) * np.array([WIDTH, HEIGHT]) / 100 - 0.5).astype(np.int32)
+             for r in regions]
+    cv2.fillPoly(canvas, rings, 1)
+    return canvas.astype(bool)
+
+
+def test_several_rectangles_give_one_region_each_with_its_label(stack: Stack, labeling: LabelingPage,
+                                                                vit_t_checkpoint: Path) -> None:
+    """Two smart rectangles drawn with different labels leave two brush regions, one per rectangle, each
+    painted with its rectangle's label and equal to SamPredictor's mask for that rectangle. The first region
+    is hidden before the second drag: the random-weight masks cover most of the image, and a drag from and to
+    a visible region would select it (see the next test)."""
+    project_id, task_id, image = stack.project(TWO_LABELS_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    drawn = {"Cat": (5.0, 10.0, 45.0, 60.0), "Dog": (55.0, 40.0, 95.0, 90.0)}
+    for count, (label, corners) in enumerate(drawn.items(), start=1):
+        labeling.hide_regions()
+        labeling.label(label, block=1)  # BrushLabels, RectangleLabels: the rectangles' block
+        labeling.drag(*corners)
+        labeling.wait_for_answers(count)
+    exchanges: list[Exchange] = labeling.log.exchanges
+    assert [[r["value"]["rectanglelabels"] for r in e.regions] for e in exchanges] == [[["Cat"]], [["Dog"]]]
+
+    held = labeling.regions()
+    assert [r["type"] for r in held] == ["brushlabels"] * 2
+    assert [r["id"] for r in held] == [e.result[0]["id"] for e in exchanges], "one region per answer, in order"
+    for exchange, region in zip(exchanges, held):
+        (sent,) = exchange.regions
+        label = sent["value"]["rectanglelabels"][0]
+        assert region["value"]["brushlabels"] == [label]
+        expected, _ = reference_mask(vit_t_checkpoint, image, box=box_in_pixels(sent))
+        assert np.array_equal(brush_mask(region), expected), f"{label}: not SamPredictor's mask for its rectangle"
+
+
+def test_a_rectangle_dragged_on_an_accepted_region_selects_it_and_takes_its_label(
+        stack: Stack, labeling: LabelingPage) -> None:
+    """Label Studio's page, measured: a smart rectangle dragged from and to points of an accepted brush region
+    still reaches the backend with its own label, but selects that region, and the answer is accepted with
+    the selected region's label instead of the one the backend gave (the page applies the image's active
+    labels to an accepted suggestion). If this fails, Label Studio changed: update BROWSER_FINDINGS.md."""
+    project_id, task_id, _ = stack.project(TWO_LABELS_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    labeling.label("Cat", block=1)
+    labeling.drag(5.0, 10.0, 95.0, 90.0)
+    (first,) = labeling.wait_for_answers(1)
+    (cat,) = first.result
+    start, end = corners_on(brush_mask(cat))
+    labeling.label("Dog", block=1)
+    labeling.drag(*start, *end)
+    second = labeling.wait_for_answers(2)[1]
+    assert [r["value"]["rectanglelabels"] for r in second.regions] == [["Dog"]]
+    (dog,) = second.result
+    assert dog["value"]["brushlabels"] == ["Dog"], "the backend answered with the rectangle's label"
+    assert labeling.selected_region_ids() == [cat["id"]]
+    held = {r["id"]: r["value"]["brushlabels"] for r in labeling.regions()}
+    assert held == {cat["id"]: ["Cat"], dog["id"]: ["Cat"]}
+
+
+def test_an_answer_with_an_accepted_regions_id_replaces_that_region(stack: Stack, labeling: LabelingPage) -> None:
+    """Label Studio's page, measured with a stand-in backend: with Auto-Accept on, each click reaches the
+    backend alone (the accepted keypoint is deleted), and an answer whose region has the id of a region the
+    annotation holds replaces that region instead of adding one; a new id adds a region. This is what lets a
+    backend refine an object across clicks. If this fails, Label Studio changed: update BROWSER_FINDINGS.md."""
+    answers = iter([("object-1", 20), ("object-1", 35), ("object-2", 10)])
+
+    def respond(body: dict[str, Any]) -> list[dict[str, Any]]:
+        region_id, radius = next(answers)
+        yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+        mask = (xx - WIDTH // 3) ** 2 + (yy - HEIGHT // 2) ** 2 < radius ** 2
+        rle = [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]
+        return [{"id": region_id, "from_name": "tag", "to_name": "image", "type": "brushlabels",
+                 "original_width": WIDTH, "original_height": HEIGHT, "image_rotation": 0,
+                 "value": {"format": "rle", "rle": rle, "brushlabels": ["Foreground"]}, "score": 0.5}]
+
+    recorder = RecordingBackend(respond)
+    try:
+        project_id, task_id, _ = stack.project(SAM_CONFIG, backend_url=recorder.url)
+        open_for_smart_tools(labeling, project_id, task_id)
+        labeling.smart_tool("key-point")
+        for count, (x, y, negative) in enumerate([(33.0, 50.0, False), (80.0, 20.0, True), (80.0, 80.0, False)], 1):
+            labeling.label("Foreground", block=1)
+            labeling.click(x, y, negative=negative)
+            labeling.wait_for_answers(count)
+            held = labeling.regions()
+            if count == 1:
+                first = brush_mask(held[0])
+            if count == 2:
+                assert [r["id"] for r in held] == ["object-1"], "the same id replaced the accepted region"
+                assert brush_mask(held[0]).sum() > first.sum(), "with the second answer's pixels"
+        assert [r["id"] for r in held] == ["object-1", "object-2"], "a new id added a region"
+        sent = [[(r["type"], r["is_positive"]) for r in body["params"]["context"]["result"]]
+                for body in recorder.interactive_bodies()]
+        assert sent == [[("keypointlabels", True)], [("keypointlabels", False)], [("keypointlabels", True)]]
+    finally:
+        recorder.close()
+
+
+def corners_on(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Two pixel centres (x %, y %) of `mask`, each inside a 3×3 patch of it and 10 % away from the image's
+    edges, the second at least 15 % of the image right of and below the first."""
+    solid = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    margin = np.zeros_like(solid)
+    margin[HEIGHT // 10:-HEIGHT // 10, WIDTH // 10:-WIDTH // 10] = True  # away from the image's edges
+    solid &= margin
+    rows, columns = np.nonzero(solid)
+    for row, column in zip(rows, columns):
+        for d_row, d_column in ((r, c) for r in range(HEIGHT * 15 // 100, HEIGHT // 2, 3)
+                                for c in range(WIDTH * 15 // 100, WIDTH // 2, 3)):
+            if row + d_row < HEIGHT and column + d_column < WIDTH and solid[row + d_row, column + d_column]:
+                return ((column + 0.5) * 100 / WIDTH, (row + 0.5) * 100 / HEIGHT), \
+                    ((column + d_column + 0.5) * 100 / WIDTH, (row + d_row + 0.5) * 100 / HEIGHT)
+    raise AssertionError("the first mask has no two solid points to drag between")
+
+
+def test_the_page_stays_on_loopback(stack: Stack, labeling: LabelingPage) -> None:
+    """No page of this module tried to load anything off loopback; one that tries is refused and recorded."""
+    assert stack.chromium.refused == [], "the labeling page tried to reach beyond loopback"
+    labeling.page.goto(f"{stack.label_studio.url}/projects/")
+    outcome = labeling.page.evaluate(
+        "() => fetch('http://192.0.2.1/probe').then(() => 'loaded', e => 'refused: ' + e)")
+    assert outcome.startswith("refused"), outcome
+    assert stack.chromium.refused == ["http://192.0.2.1/probe"]
+    assert not is_loopback("http://192.0.2.1/probe") and is_loopback(stack.label_studio.url)
+    stack.chromium.refused.clear()
