@@ -69,6 +69,8 @@ def load_predictor(settings: Settings, checkpoint: ModelFile, mobile: bool) -> S
 class SamImagePredictor:
     """Thread-safe SAM/MobileSAM inference: `embed` an image, then `predict` prompts on the embedding."""
 
+    runtime = "torch"
+
     def __init__(self, model: Any, model_type: str, batch_decoder: bool = False) -> None:
         self.model: Any = model  # segment_anything.Sam or mobile_sam.Sam (untyped)
         self.model_type = model_type
