@@ -14,11 +14,12 @@ APP_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 # are invalid: the server then reports the problem in its own words.
 configured_checkpoint() {
     (cd "$APP_DIR" && python - 2>/dev/null <<'EOF') || true
-from settings import Settings
+from sam_ls_backend.predictors.registry import model_spec
+from sam_ls_backend.settings import Settings
 
 settings = Settings.from_env()
 if settings.sam_choice in ("MobileSAM", "SAM", "SAM2", "SAM3"):
-    print(settings.checkpoint_path)
+    print(model_spec(settings.sam_choice).main_file(settings).path)
 EOF
 }
 
@@ -54,8 +55,19 @@ ensure_checkpoint() {
     MODEL_DIR="$(dirname -- "$path")" bash "$APP_DIR/download_models.sh" "$model"
 }
 
+# RUNTIME's ONNX export of a checkpoint fetched into the volume, once, before gunicorn starts workers (a
+# worker exporting for a minute would hit gunicorn's timeout). Exit 1: the export failed and the server said
+# why in one line; the workers then serve torch instead of trying again. `python _wsgi.py` does this itself.
+prepare_runtime() {
+    local status=0
+    (cd "$APP_DIR" && python _wsgi.py --prepare-runtime) || status=$?
+    if [[ $status == 1 ]]; then
+        export RUNTIME=torch
+    fi
+}
+
 case "${1:-}" in
-    gunicorn) ensure_checkpoint ;;
+    gunicorn) ensure_checkpoint && prepare_runtime ;;
     python | python3) if [[ ${2:-} == "_wsgi.py" ]]; then ensure_checkpoint; fi ;;
 esac
 
