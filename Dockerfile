@@ -10,7 +10,8 @@
 #   docker run -p 9090:9090 -v "$PWD/models:/app/models" sam-ls-backend
 #
 # On a CPU the server runs MobileSAM on ONNX Runtime (RUNTIME=auto): baked weights are exported at build
-# time; weights fetched into the volume are exported once, on the first start, and kept there.
+# time; weights fetched into the volume are exported once, on the first start (gunicorn.conf.py's
+# on_starting hook, before any worker), and kept there.
 #
 # Weights live in the volume at /app/models by default: on start-up docker-entrypoint.sh fetches the
 # configured checkpoint there when it is missing, so the image stays small and a fresh volume downloads

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # Before gunicorn forks: a missing file is explained once, not by every worker.
         model_spec(settings.sam_choice).check(settings)
-        settings = _export_before_forking(settings, argv)
+        settings = export_before_forking(settings, argv)
         if args.debug:
             build_app(settings).run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
             return 0
@@ -72,7 +72,7 @@ def prepare_runtime(settings: Settings) -> int:
     return 0
 
 
-def _export_before_forking(settings: Settings, argv: list[str] | None) -> Settings:
+def export_before_forking(settings: Settings, argv: list[str] | None) -> Settings:
     """A first export runs once, in a child process, before gunicorn forks: a worker busy exporting for a
     minute would be killed by gunicorn's timeout, and this process must not import onnxruntime (its workers
     would abort on exit). Returns the settings the workers get: RUNTIME=torch when the export failed."""

@@ -55,19 +55,8 @@ ensure_checkpoint() {
     MODEL_DIR="$(dirname -- "$path")" bash "$APP_DIR/download_models.sh" "$model"
 }
 
-# RUNTIME's ONNX export of a checkpoint fetched into the volume, once, before gunicorn starts workers (a
-# worker exporting for a minute would hit gunicorn's timeout). Exit 1: the export failed and the server said
-# why in one line; the workers then serve torch instead of trying again. `python _wsgi.py` does this itself.
-prepare_runtime() {
-    local status=0
-    (cd "$APP_DIR" && python _wsgi.py --prepare-runtime) || status=$?
-    if [[ $status == 1 ]]; then
-        export RUNTIME=torch
-    fi
-}
-
 case "${1:-}" in
-    gunicorn) ensure_checkpoint && prepare_runtime ;;
+    gunicorn) ensure_checkpoint ;;
     python | python3) if [[ ${2:-} == "_wsgi.py" ]]; then ensure_checkpoint; fi ;;
 esac
 

@@ -167,15 +167,17 @@ def test_check_reports_the_runtime_in_use(auto_predictor, vit_t_checkpoint, runt
     assert "ok: MobileSAM (vit_t) runs on onnxruntime (RUNTIME=auto)" in done.stdout
 
 
-def test_server_exports_before_forking_and_a_failure_is_logged_once(vit_t_checkpoint, tmp_path, image_host):
+@pytest.mark.parametrize("gunicorn", [False, True], ids=["python _wsgi.py", "gunicorn -c gunicorn.conf.py"])
+def test_server_exports_before_forking_and_a_failure_is_logged_once(gunicorn, vit_t_checkpoint, tmp_path,
+                                                                    image_host):
     """Two workers, an export that cannot be written: one warning (from the export run before forking), and
-    both workers serve torch without trying again."""
+    both workers serve torch without trying again; started by `python _wsgi.py` or by gunicorn itself."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {"RUNTIME": "auto", "DEVICE": "cpu", "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint),
            "ONNX_CACHE_DIR": str(blocker / "cache"), "WORKERS": "2", "LABEL_STUDIO_URL": image_host.url,
            "LABEL_STUDIO_API_KEY": image_host.token}
-    backend = BackendProcess(env, log_path=tmp_path / "server.log").wait_ready()
+    backend = BackendProcess(env, log_path=tmp_path / "server.log", gunicorn=gunicorn).wait_ready()
     try:
         url = image_host.add_image("/data/upload/1/runtime-fallback.png", scene(320, 240, seed=9))
         import requests

@@ -236,12 +236,26 @@ def test_the_image_exports_baked_weights_for_the_default_runtime_at_build_time()
                    for keyword, args in instructions)
 
 
-def test_the_entrypoint_exports_before_gunicorn_forks_and_falls_back_on_failure():
-    script = ENTRYPOINT.read_text()
-    assert re.search(r"^\s+gunicorn\) ensure_checkpoint && prepare_runtime ;;$", script, flags=re.M)
-    body = script[script.index("prepare_runtime() {"):]
-    assert "python _wsgi.py --prepare-runtime" in body
-    assert re.search(r"if \[\[ \$status == 1 \]\]; then\s+export RUNTIME=torch", body)
+def test_gunicorn_exports_before_forking_and_workers_fall_back_on_failure(monkeypatch):
+    """gunicorn.conf.py's on_starting hook (run by the master before any worker, in the image's CMD too) runs
+    the export `python _wsgi.py` runs, and hands RUNTIME=torch to the workers when it failed."""
+    import importlib.util
+
+    import _wsgi
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", ROOT / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    calls = []
+
+    def failed_export(settings, argv):
+        calls.append(argv)
+        return settings.with_overrides(runtime="torch")
+
+    monkeypatch.setattr(_wsgi, "export_before_forking", failed_export)
+    monkeypatch.setenv("RUNTIME", "auto")
+    conf.on_starting(None)
+    assert calls == [[]] and os.environ["RUNTIME"] == "torch"
 
 
 def test_the_entrypoint_finds_the_configured_checkpoint(tmp_path):
