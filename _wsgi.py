@@ -1,6 +1,7 @@
 """Serve the backend: `gunicorn _wsgi:app`, or `python _wsgi.py --host H --port P` (what `label-studio-ml start` runs).
 
-Both load the model once per worker at start-up; `--check` loads it and exits, to validate a deployment.
+Both load the model once per worker at start-up, after a first RUNTIME export (if due) has run once in a child
+process; `--check` loads it (exporting if due), reports the runtime in use and exits, to validate a deployment.
 """
 
 from __future__ import annotations
@@ -64,10 +65,7 @@ def prepare_runtime(settings: Settings) -> int:
     try:
         ensure_exported(settings, spec.main_file(settings).require_file())
     except RuntimeUnavailable as why:
-        if settings.runtime == "onnx":
-            raise ConfigError(f"RUNTIME=onnx: {why}") from None
-        log.warning("RUNTIME=auto: serving %s on torch, as its ONNX Runtime graphs are unavailable: %s",
-                    spec.main_file(settings).path.name, why)
+        spec.fall_back(settings, why)
         return 1
     return 0
 

@@ -76,11 +76,15 @@ class ModelSpec:
             try:
                 return self._call(self.onnx_loader, settings)
             except RuntimeUnavailable as why:
-                if settings.runtime == "onnx":
-                    raise ConfigError(f"RUNTIME=onnx: {why}") from None
-                log.warning("RUNTIME=auto: serving %s on torch, as its ONNX Runtime graphs are unavailable: %s",
-                            self.main_file(settings).path.name, why)
+                self.fall_back(settings, why)
         return self._call(self.loader, settings)
+
+    def fall_back(self, settings: Settings, why: RuntimeUnavailable) -> None:
+        """RUNTIME=auto: say in one log line why torch serves instead; RUNTIME=onnx: ConfigError with the reason."""
+        if settings.runtime == "onnx":
+            raise ConfigError(f"RUNTIME=onnx: {why}")
+        log.warning("RUNTIME=auto: serving %s on torch, as its ONNX Runtime graphs are unavailable: %s",
+                    self.main_file(settings).path.name, why)
 
     def _call(self, loader: str, settings: Settings) -> LoadedModels:
         module, _, function = loader.partition(":")
