@@ -71,7 +71,7 @@ def ensure_exported(settings: Settings, checkpoint: Path) -> tuple[Path, Path]:
 def _export(checkpoint: Path, folder: Path, stem: str) -> None:
     from sam_ls_backend.predictors.onnx_convert import ExportError, convert, synthetic_picture
 
-    log.info("exporting %s to ONNX Runtime graphs in %s: once per checkpoint, this takes a minute or more",
+    log.info("exporting %s to ONNX Runtime graphs in %s: once per checkpoint, this takes about a minute",
              checkpoint.name, folder)
     started = time.perf_counter()
     try:
