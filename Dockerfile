@@ -9,6 +9,10 @@
 #
 #   docker run -p 9090:9090 -v "$PWD/models:/app/models" sam-ls-backend
 #
+# On a CPU the server runs MobileSAM on ONNX Runtime (RUNTIME=auto): baked weights are exported at build
+# time; weights fetched into the volume are exported once, on the first start (gunicorn.conf.py's
+# on_starting hook, before any worker), and kept there.
+#
 # Weights live in the volume at /app/models by default: on start-up docker-entrypoint.sh fetches the
 # configured checkpoint there when it is missing, so the image stays small and a fresh volume downloads
 # once. With BAKE_MODELS the checkpoints are in the image instead; do not mount a volume over /app/models
@@ -64,6 +68,20 @@ RUN mkdir -p /models \
     && if [ -n "$BAKE_MODELS" ]; then MODEL_DIR=/models bash /opt/fetch/download_models.sh $BAKE_MODELS; fi
 
 # ---------------------------------------------------------------------------------------------------
+# exported: the baked MobileSAM checkpoint exported for RUNTIME=auto (ONNX Runtime on a CPU) at build time,
+# beside it, under the name the server looks for, so a container starts ready. The export is checked
+# against torch (masks IoU >= 0.999) and a failed export or check fails the build (RUNTIME=onnx).
+FROM builder AS exported
+COPY --from=weights /models/ /models/
+COPY *.py /opt/export/
+COPY sam_ls_backend /opt/export/sam_ls_backend
+WORKDIR /opt/export
+RUN set -eu; \
+    if [ -f /models/mobile_sam.pt ]; then \
+        MODEL_DIR=/models SAM_CHOICE=MobileSAM RUNTIME=onnx DEVICE=cpu python _wsgi.py --prepare-runtime; \
+    fi
+
+# ---------------------------------------------------------------------------------------------------
 # onnx: with ONNX=<one model of download_models.sh> (mobile_sam, vit_b, vit_l, vit_h), that checkpoint
 # exported at build time, image encoder included, by onnx_converter.py, which checks the graphs against
 # torch: a failed export or check fails the build. Without ONNX, an empty folder.
@@ -117,7 +135,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # than one per thread (resident memory then stays flat over hundreds of images).
 WORKDIR /app
 COPY --from=serving-venv /opt/venv /opt/venv
-COPY --from=weights --chown=app:app /models/ /app/models/
+COPY --from=exported --chown=app:app /models/ /app/models/
 # An ONNX image serves its exported graphs (empty settings, ignored, in the torch image).
 COPY --from=onnx /onnx/ /app/onnx/
 ENV SAM_CHOICE=${ONNX:+ONNX} \

@@ -15,7 +15,7 @@ export MALLOC_ARENA_MAX = 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast lint bench bench-memory load check redis-server chromium clean-venv
+.PHONY: run test test-fast lint bench bench-onnx bench-memory load check redis-server chromium clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -41,6 +41,10 @@ bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_rle
 	$(BIN)/python -m bench.bench_polygons
 	$(BIN)/python -m bench.bench_hf
+
+# Every runtime variant of the encoder and decoder (torch, ONNX Runtime settings, int8), in one run.
+bench-onnx: $(VENV)/.tests
+	$(BIN)/python -m bench.bench_onnx
 
 bench-memory: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_memory

@@ -1,18 +1,21 @@
 """Serve the backend: `gunicorn _wsgi:app`, or `python _wsgi.py --host H --port P` (what `label-studio-ml start` runs).
 
-Both load the model once per worker at start-up; `--check` loads it and exits, to validate a deployment.
+Both load the model once per worker at start-up, after a first RUNTIME export (if due) has run once in a child
+process; `--check` loads it (exporting if due), reports the runtime in use and exits, to validate a deployment.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from sam_ls_backend.app import build_app, configure_logging, gunicorn_options
+from sam_ls_backend.app import build_app, configure_logging, gunicorn_options, load_backend
 from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors.registry import model_spec
 from sam_ls_backend.settings import Settings
@@ -28,13 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings_from_args(args)
         configure_logging(settings.log_level)
+        if args.prepare_runtime:
+            return prepare_runtime(settings)
         if args.check:
-            build_app(settings)
+            backend = load_backend(settings)
             files = model_spec(settings.sam_choice).files(settings)
-            print(f"ok: {settings.sam_choice} loads from {', '.join(map(str, files))}")
+            runtime = getattr(backend.predictor, "runtime", "torch")
+            print(f"ok: {settings.sam_choice} ({backend.predictor.model_type}) runs on {runtime} "
+                  f"(RUNTIME={settings.runtime}), loads from {', '.join(map(str, files))}")
             return 0
         # Before gunicorn forks: a missing file is explained once, not by every worker.
         model_spec(settings.sam_choice).check(settings)
+        settings = export_before_forking(settings, argv)
         if args.debug:
             build_app(settings).run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
             return 0
@@ -43,6 +51,39 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
+
+
+def prepare_runtime(settings: Settings) -> int:
+    """`--prepare-runtime`: export RUNTIME's ONNX graphs if they are due, load nothing else. Exit 0 when the
+    model will run as RUNTIME says, 1 when auto will fall back to torch (logged), 2 on a configuration error."""
+    from sam_ls_backend.errors import RuntimeUnavailable
+    from sam_ls_backend.predictors.onnx_cache import ensure_exported
+
+    spec = model_spec(settings.sam_choice)
+    if not spec.may_export(settings) or spec.runtime(settings) != "onnx":
+        return 0
+    try:
+        ensure_exported(settings, spec.main_file(settings).require_file())
+    except RuntimeUnavailable as why:
+        spec.fall_back(settings, why)
+        return 1
+    return 0
+
+
+def export_before_forking(settings: Settings, argv: list[str] | None) -> Settings:
+    """A first export runs once, in a child process, before gunicorn forks: a worker busy exporting for a
+    minute would be killed by gunicorn's timeout, and this process must not import onnxruntime (its workers
+    would abort on exit). Returns the settings the workers get: RUNTIME=torch when the export failed."""
+    if not model_spec(settings.sam_choice).may_export(settings):
+        return settings
+    command = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+               "--prepare-runtime"]
+    done = subprocess.run(command, check=False)
+    if done.returncode == 1:
+        return settings.with_overrides(runtime="torch")  # the child said why, in one line
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
+    return settings
 
 
 def __getattr__(name: str) -> Any:
@@ -90,7 +131,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", help="folder of checkpoints (MODEL_DIR, default ./models)")
     parser.add_argument("--basic-auth-user", help="require this basic-auth user (BASIC_AUTH_USER)")
     parser.add_argument("--basic-auth-pass", help="and this password (BASIC_AUTH_PASS)")
-    parser.add_argument("--check", action="store_true", help="load the model, report, and exit")
+    parser.add_argument("--check", action="store_true", help="load the model, report the runtime in use, and exit")
+    parser.add_argument("--prepare-runtime", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

@@ -14,11 +14,12 @@ APP_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 # are invalid: the server then reports the problem in its own words.
 configured_checkpoint() {
     (cd "$APP_DIR" && python - 2>/dev/null <<'EOF') || true
-from settings import Settings
+from sam_ls_backend.predictors.registry import model_spec
+from sam_ls_backend.settings import Settings
 
 settings = Settings.from_env()
 if settings.sam_choice in ("MobileSAM", "SAM", "SAM2", "SAM3"):
-    print(settings.checkpoint_path)
+    print(model_spec(settings.sam_choice).main_file(settings).path)
 EOF
 }
 

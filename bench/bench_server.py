@@ -1,8 +1,10 @@
 """Click latency of the real server over HTTP, against the Label Studio tutorial's way of serving SAM.
 
-Starts the backend (`python _wsgi.py`, gunicorn) on a random-weight MobileSAM checkpoint, serves task images
-from a loopback server that plays Label Studio, sends Label Studio-shaped /predict requests, and prints
-medians and ratios measured in this one run. Random weights cost the same compute as trained ones.
+Starts two backends (`python _wsgi.py`, gunicorn) on one random-weight MobileSAM checkpoint, RUNTIME=torch and
+the default (RUNTIME=auto: on a CPU, ONNX Runtime from graphs the server exports on its first start), serves
+task images from a loopback server that plays Label Studio, sends Label Studio-shaped /predict requests to
+both in turn, and prints medians and ratios measured in this one run, side by side. Random weights cost the
+same compute as trained ones.
 
     python -m bench.bench_server [--repeats N]      (or `make bench`)
 """
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +46,10 @@ OPENED_WAIT_S = 3.0
 THINK_S = (0.3, 0.5)
 
 
+# The two servers of the table, side by side: torch, and the default (RUNTIME=auto: ONNX Runtime on a CPU).
+RUNTIMES = {"torch": "torch", "default": "auto"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="clicks per measured case (default 10)")
@@ -55,57 +62,102 @@ def main() -> int:
         # All torch work of this process runs on the compute thread, as in the server (see compute_thread.py).
         checkpoint = COMPUTE.run(save_random_checkpoint, "vit_t", Path(work) / "mobile_sam.pt")
         host = ImageHost()
-        backend = BackendProcess({"MOBILESAM_CHECKPOINT": str(checkpoint), "LABEL_STUDIO_URL": host.url,
-                                  "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "WARNING",
-                                  **MALLOC_ENV}, log_path=Path(work) / "backend.log").wait_ready()
+        backends: dict[str, BackendProcess] = {}
+        startup: dict[str, float] = {}
         try:
-            rows, answer = measure(backend.url, host, checkpoint, args.repeats)
+            for name, runtime in RUNTIMES.items():
+                started = time.perf_counter()
+                backends[name] = BackendProcess(
+                    {"MOBILESAM_CHECKPOINT": str(checkpoint), "LABEL_STUDIO_URL": host.url, "RUNTIME": runtime,
+                     "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "INFO", **MALLOC_ENV},
+                    log_path=Path(work) / f"backend-{name}.log").wait_ready(timeout=900)
+                startup[name] = time.perf_counter() - started
+            startup["default, graphs exported"] = timed(lambda: restart(backends, "default"))
+            rows, answer = measure({name: backend.url for name, backend in backends.items()}, host, checkpoint,
+                                   args.repeats)
+            served = {name: served_by(Path(work) / f"backend-{name}.log") for name in backends}
         finally:
-            backend.stop()
+            for backend in backends.values():
+                backend.stop()
             host.close()
-    report(rows, answer)
+    report(rows, answer, startup, served)
     return 0
 
 
-def measure(url: str, host: ImageHost, checkpoint: Path, repeats: int) -> tuple[dict[str, list[float]], str]:
-    """Every case of the table in seconds per click (cases compared in a ratio are measured alternately), and
-    what the warm 4000x3000 click answers."""
+def restart(backends: dict[str, BackendProcess], name: str) -> None:
+    """Stop a server and start it again with the same environment (its graphs are cached by now)."""
+    old = backends[name]
+    old.stop()
+    log = old.log_path.with_name(f"{old.log_path.stem}-again.log")
+    backends[name] = BackendProcess(old.env, log_path=log).wait_ready(timeout=900)
+
+
+def served_by(log: Path) -> str:
+    """What a server's logs (first start, and a restart if any) say it loaded, exported and serves with."""
+    logs = [log, log.with_name(f"{log.stem}-again.log")]
+    text = "\n".join(path.read_text(errors="replace") for path in logs if path.exists())
+    said = [line.split(": ", 1)[-1] for line in text.splitlines()
+            if any(key in line for key in ("serving", "exported and checked", "loaded vit_t"))]
+    return "; ".join(dict.fromkeys(said))
+
+
+def measure(urls: dict[str, str], host: ImageHost, checkpoint: Path,
+            repeats: int) -> tuple[dict[str, dict[str, list[float]]], str]:
+    """Every case of the table in seconds per click, per server; the servers take turns case by case, so a
+    busy machine slows both alike. Also what the default's warm 4000x3000 click answers."""
     images = {"1024x768": scene(1024, 768, seed=1), "4000x3000": scene(4000, 3000, seed=2)}
     paths = {name: host.add_image(f"/data/upload/1/warm-{name}.png", image) for name, image in images.items()}
-    for path in paths.values():
-        click(url, path, 0)  # the first click pays download, decode and encoder
-    bare, tutorial = COMPUTE.run(in_process, checkpoint, images["4000x3000"])
-    rows: dict[str, list[float]] = {name: [] for name in (
-        "warm click 1024x768", "warm click 4000x3000", BARE, TUTORIAL_WARM)}
+    for url in urls.values():
+        for path in paths.values():
+            click(url, path, 0)  # the first click pays download, decode and encoder
+    parts = COMPUTE.run(in_process, checkpoint, images["4000x3000"])
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def add(case: str, name: str, seconds: float) -> None:
+        rows.setdefault(case, {}).setdefault(name, []).append(seconds)
+
     for i in range(repeats):
-        rows["warm click 1024x768"].append(click(url, paths["1024x768"], i))
-        rows["warm click 4000x3000"].append(click(url, paths["4000x3000"], i))
-        rows[BARE].append(timed(bare))
-        rows[TUTORIAL_WARM].append(timed(lambda: tutorial(images["4000x3000"])))
-    rows[FIRST] = []
-    rows[WARM_PAUSED] = []  # the same idle time before it: what a pause alone costs on this machine
+        for name, url in urls.items():
+            add("warm click 1024x768", name, click(url, paths["1024x768"], i))
+            add("warm click 4000x3000", name, click(url, paths["4000x3000"], i))
+        for name, call in parts.bare.items():
+            add(BARE, name, timed(call))
+        add(RLE, "default", timed(parts.rle))
+        add(JSON, "default", timed(parts.json))
+        add(TUTORIAL_WARM, "torch", timed(lambda: parts.tutorial(images["4000x3000"])))
     for i in range(max(3, repeats // 3)):
-        rows[FIRST].append(first_click_after_open(url, host, scene(4000, 3000, seed=10 + i), i))
-        time.sleep(OPENED_WAIT_S)
-        rows[WARM_PAUSED].append(click(url, paths["4000x3000"], i))
-    four = [scene(1024, 768, seed=20 + i) for i in range(4)]
-    four_paths = [host.add_image(f"/data/upload/1/annotator-{i}.png", image) for i, image in enumerate(four)]
-    for path in four_paths:
-        click(url, path, 0)
-    rows[INTERLEAVED] = interleaved([lambda i, p=path: click(url, p, i) for path in four_paths], repeats)
+        for name, url in urls.items():
+            for wait in (0.0, OPENED_WAIT_S):
+                image = scene(4000, 3000, seed=100 * i + 10 * int(wait) + len(name))
+                add(first_case(wait), name, first_click_after_open(url, host, image, f"{name}-{i}-{wait:g}", wait))
+            time.sleep(OPENED_WAIT_S)
+            add(WARM_PAUSED, name, click(url, paths["4000x3000"], i))
+    for name, url in urls.items():
+        four = [scene(1024, 768, seed=20 + i) for i in range(4)]
+        four_paths = [host.add_image(f"/data/upload/1/annotator-{name}-{i}.png", image) for i, image in enumerate(four)]
+        for path in four_paths:
+            click(url, path, 0)
+        rows.setdefault(INTERLEAVED, {})[name] = interleaved(
+            [lambda i, p=path, u=url: click(u, p, i) for path in four_paths], repeats)
     lock = threading.Lock()
 
     def tutorial_locked(image: np.ndarray) -> None:
         with lock:  # one shared SamPredictor: without the lock, annotators get each other's masks
-            tutorial(image)
+            parts.tutorial(image)
 
-    rows[TUTORIAL_INTERLEAVED] = interleaved([lambda i, image=image: tutorial_locked(image) for image in four],
-                                             repeats)
-    return rows, describe_answer(url, paths["4000x3000"])
+    four = [scene(1024, 768, seed=20 + i) for i in range(4)]
+    rows[TUTORIAL_INTERLEAVED] = {"torch": interleaved(
+        [lambda i, image=image: tutorial_locked(image) for image in four], repeats)}
+    return rows, describe_answer(urls["default"], paths["4000x3000"])
+
+
+def first_case(wait: float) -> str:
+    return f"first click 4000x3000, task opened {wait:g} s before"
 
 
 BARE = "bare decoder + upscale 4000x3000 (in process)"
-FIRST = f"first click 4000x3000, task opened {OPENED_WAIT_S:g} s before"
+RLE = "  of which: brush RLE of the answer's mask"
+JSON = "  of which: the RLE's JSON text"
 WARM_PAUSED = f"warm click 4000x3000 after {OPENED_WAIT_S:g} s idle"
 TUTORIAL_WARM = "baseline: tutorial warm click 4000x3000"
 THINK = f"think {THINK_S[0]:g}-{THINK_S[1]:g} s"
@@ -132,12 +184,12 @@ def describe_answer(url: str, path: str) -> str:
     return f"{len(response.content) / 1e6:.2f} MB of JSON, an RLE of {len(rle):,} bytes"
 
 
-def first_click_after_open(url: str, host: ImageHost, image: np.ndarray, index: int) -> float:
-    """Open a task (/predict without context, as Label Studio does), wait, then click."""
-    path = host.add_image(f"/data/upload/1/opened-{index}.png", image)
+def first_click_after_open(url: str, host: ImageHost, image: np.ndarray, key: str, wait: float) -> float:
+    """Open a task (/predict without context, as Label Studio does), wait `wait` s, then click."""
+    path = host.add_image(f"/data/upload/1/opened-{key}.png", image)
     requests.post(f"{url}/predict", json=predict_body(path, None), timeout=60).raise_for_status()
-    time.sleep(OPENED_WAIT_S)
-    return click(url, path, index)
+    time.sleep(wait)
+    return click(url, path, 0)
 
 
 def interleaved(annotators: list[Callable[[int], object]], repeats: int) -> list[float]:
@@ -168,20 +220,36 @@ def interleaved(annotators: list[Callable[[int], object]], repeats: int) -> list
     return latencies
 
 
-def in_process(checkpoint: Path, image: np.ndarray) -> tuple[Callable[[], object], Callable[[np.ndarray], None]]:
-    """The bare decoder + upscale on `image`, and the tutorial backend's click, both in this process."""
+@dataclass(frozen=True)
+class InProcess:
+    """The parts of a warm 4000x3000 click timed in this process, and the tutorial backend's click."""
+
+    bare: dict[str, Callable[[], object]]  # per server: its predictor's decoder + upscale alone
+    rle: Callable[[], object]  # the default's answer's mask to brush RLE
+    json: Callable[[], object]  # that RLE to its JSON text
+    tutorial: Callable[[np.ndarray], None]
+
+
+def in_process(checkpoint: Path, image: np.ndarray) -> InProcess:
+    """The bare decoders + upscale on `image` (torch, and the default runtime's from the graphs the server
+    exported), the RLE and JSON of the answer, and the tutorial backend's click, all in this process."""
     import torch
     from label_studio_sdk.converter.brush import mask2rle
     from segment_anything import SamPredictor
 
     from sam_ls_backend.predictors.registry import load_predictor
+    from sam_ls_backend.protocol.brush_rle import encode_rle_bytes, rle_json
     from sam_ls_backend.protocol.prompts import Prompt
     from sam_ls_backend.settings import Settings
 
-    predictor = load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint)))
+    predictors = {name: load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint), RUNTIME=runtime))
+                  for name, runtime in RUNTIMES.items()}
+    assert getattr(predictors["default"], "runtime", "") == "onnxruntime", "the server exported the graphs"
     prompt = Prompt(label="Foreground", to_name="image", points=((40.0, 50.0),), point_labels=(1,))
-    embedding = predictor.embed(image)
-    tutorial = SamPredictor(predictor.model)
+    embeddings = {name: predictor.embed(image) for name, predictor in predictors.items()}
+    mask = predictors["default"].predict(embeddings["default"], prompt).mask
+    rle = encode_rle_bytes(mask)
+    tutorial = SamPredictor(predictors["torch"].model)  # type: ignore[attr-defined]
     state = {"image": None}
 
     @on_compute_thread
@@ -196,7 +264,9 @@ def in_process(checkpoint: Path, image: np.ndarray) -> tuple[Callable[[], object
                                             point_labels=np.array([1]), multimask_output=True)
         mask2rle((masks[int(np.argmax(scores))] * 255).astype(np.uint8))
 
-    return (lambda: predictor.predict(embedding, prompt)), tutorial_click
+    bare = {name: (lambda p=predictor, e=embeddings[name]: p.predict(e, prompt))
+            for name, predictor in predictors.items()}
+    return InProcess(bare, lambda: encode_rle_bytes(mask), lambda: rle_json(rle), tutorial_click)
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -205,40 +275,62 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def report(rows: dict[str, list[float]], answer: str) -> None:
-    """The table: machine, versions, medians, then the issue's targets as ratios of this run's medians."""
+def report(rows: dict[str, dict[str, list[float]]], answer: str, startup: dict[str, float],
+           served: dict[str, str]) -> None:
+    """The table: machine, versions, medians per server side by side, then the targets as ratios of this run."""
     import label_studio_sdk
+    import onnxruntime
     import torch
 
-    median = {name: statistics.median(times) * 1000 for name, times in rows.items()}
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}")
-    print(f"versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"label-studio-sdk {label_studio_sdk.__version__ if hasattr(label_studio_sdk, '__version__') else '?'}")
-    print(f"model: MobileSAM (vit_t), random weights; torch threads {torch.get_num_threads()}\n")
+    median = {case: {name: statistics.median(times) * 1000 for name, times in by.items()} for case, by in rows.items()}
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
+          f"load average (1 min) at the end {os.getloadavg()[0]:.1f}")
+    print(f"versions: python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}, numpy {np.__version__}, label-studio-sdk "
+          f"{getattr(label_studio_sdk, '__version__', '?')}")
+    print(f"model: MobileSAM (vit_t), random weights; torch threads {torch.get_num_threads()}")
+    for name, said in served.items():
+        print(f"server '{name}' (RUNTIME={RUNTIMES[name]}): {said}")
+    print("start-up to /health: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in startup.items()) + "\n")
     width = max(map(len, rows))
-    print(f"| {'case':<{width}} | {'median ms':>9} | {'p90 ms':>7} | {'n':>3} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 9}|{'-' * 5}|")
-    for name, times in rows.items():
-        p90 = float(np.percentile(times, 90)) * 1000
-        print(f"| {name:<{width}} | {median[name]:>9.0f} | {p90:>7.0f} | {len(times):>3} |")
-    print(f"\nwarm click 4000x3000 answers {answer}.")
+    print(f"| {'case':<{width}} | {'torch ms':>9} | {'default ms':>10} | {'n':>3} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 12}|{'-' * 5}|")
+    for case, by in median.items():
+        cells = [f"{by[name]:.0f}" if name in by else "-" for name in RUNTIMES]
+        count = max(len(times) for times in rows[case].values())
+        print(f"| {case:<{width}} | {cells[0]:>9} | {cells[1]:>10} | {count:>3} |")
+    print(f"\nwarm click 4000x3000 of the default answers {answer}.")
     print(f"interleaving: each of 4 threads clicks its own image, pausing {THINK_S[0]:g}-{THINK_S[1]:g} s (uniform, "
-          "seeded per thread, the same for both backends) before every click; latency excludes the pause.")
-    print(f"idle: the first click follows {OPENED_WAIT_S:g} s without requests, and so does the warm click measured "
-          "after it, to show what the pause alone costs (a virtual machine's cores can be slow to wake).")
-    warm_big = median["warm click 4000x3000"]
+          "seeded per thread, the same for every backend) before every click; latency excludes the pause.")
+    print("The servers take turns case by case; the 4 annotators run on one server after the other.")
+    warm = median["warm click 4000x3000"]
+    bare = median[BARE]
+    overhead = warm["default"] - bare["default"]
+    rle, json_text = median[RLE]["default"], median[JSON]["default"]
+    print(f"default warm 4000x3000 click beyond its bare decoder: {overhead:.0f} ms = RLE {rle:.0f} + JSON "
+          f"{json_text:.0f} + HTTP and the request's own work {overhead - rle - json_text:.0f}")
+    first = {wait: median[first_case(wait)] for wait in (0.0, OPENED_WAIT_S)}
     checks = [
-        ("warm click 4000x3000 / bare decoder + upscale", warm_big / median[BARE], "<= 1.5"),
-        ("tutorial warm click / ours, 4000x3000", median[TUTORIAL_WARM] / warm_big, ">= 2"),
-        ("first click after open / warm click, 4000x3000", median[FIRST] / warm_big, "<= 1.5"),
-        ("first click after open / warm click after as long idle", median[FIRST] / median[WARM_PAUSED], "-"),
+        ("warm click 4000x3000 / bare decoder + upscale", [warm[n] / bare[n] for n in RUNTIMES], "<= 1.2"),
+        ("tutorial warm click / ours, 4000x3000", [median[TUTORIAL_WARM]["torch"] / warm[n] for n in RUNTIMES],
+         ">= 2"),
+        ("first click (opened 0 s before) / warm click", [first[0.0][n] / warm[n] for n in RUNTIMES], "-"),
+        ("first click (opened 3 s before) / warm click", [first[OPENED_WAIT_S][n] / warm[n] for n in RUNTIMES],
+         "<= 1.5"),
+        ("first click (opened 3 s before) / warm after as long idle",
+         [first[OPENED_WAIT_S][n] / median[WARM_PAUSED][n] for n in RUNTIMES], "-"),
         ("tutorial / ours, 4 annotators interleaving",
-         median[TUTORIAL_INTERLEAVED] / median[INTERLEAVED], ">= 5"),
+         [median[TUTORIAL_INTERLEAVED]["torch"] / median[INTERLEAVED][n] for n in RUNTIMES], ">= 5"),
+        ("torch / default, first click opened 0 s before", [first[0.0]["torch"] / first[0.0]["default"]], "-"),
+        ("torch / default, warm click 4000x3000", [warm["torch"] / warm["default"]], "-"),
     ]
-    print(f"\n| {'ratio':<{width}} | {'value':>9} | {'target':>7} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 9}|")
-    for name, value, target in checks:
-        print(f"| {name:<{width}} | {value:>9.2f} | {target:>7} |")
+    print(f"\n| {'ratio':<{width}} | {'torch':>9} | {'default':>10} | {'target':>7} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 12}|{'-' * 9}|")
+    for name, values, target in checks:
+        cells = [f"{value:.2f}" for value in values] + ["-"] * (2 - len(values))
+        if len(values) == 1:
+            cells = ["-", cells[0]]
+        print(f"| {name:<{width}} | {cells[0]:>9} | {cells[1]:>10} | {target:>7} |")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,7 @@ class ImageTimeout(ImageFetchError):
     """The server holding the task's image did not answer in time."""
 
     status = 504
+
+
+class RuntimeUnavailable(Exception):
+    """RUNTIME's ONNX graphs cannot be exported, checked or opened; the message says why (auto falls back to torch)."""

@@ -19,6 +19,7 @@ from sam_ls_backend.predictors.registry import MODELS
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class Settings:
     torch_threads: int = 0
     # Name reported to Label Studio as the prediction's model_version; empty derives one from the model.
     model_version: str = ""
+    # What runs MobileSAM and SAM: auto (ONNX Runtime on a CPU for the models measured faster there, exported
+    # from the checkpoint once; torch on a GPU, or when the export fails), torch, or onnx (exported whatever
+    # the device; a failed export stops the server). SAM_CHOICE=ONNX, SAM2 and SAM3 ignore it.
+    runtime: str = "auto"
+    # Where RUNTIME's exported graphs are kept; empty: beside the checkpoint.
+    onnx_cache_dir: str = ""
     # SAM_CHOICE=ONNX: the prompt decoder written by onnx_converter.py (alias ONNX_CHECKPOINT), and its
     # image encoder (`--encoder`); without ONNX_ENCODER the encoder runs in torch from the checkpoint.
     onnx_decoder: str = "mobile_sam.decoder.onnx"
@@ -152,6 +159,8 @@ class Settings:
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, not {device!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"RUNTIME must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
         if self.embedding_precision not in ("mixed", "float32", "float16"):
             raise ConfigError("EMBEDDING_PRECISION must be mixed, float32 or float16, "
                               f"not {self.embedding_precision!r}")
@@ -206,7 +215,7 @@ def _convert(name: str, raw: str, kind: object) -> object:
         raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
     if name == "SAM_CHOICE":
         return {c.lower(): c for c in MODELS}.get(raw.strip().lower(), raw)
-    if name in ("SAM_MODEL_TYPE", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH"):
+    if name in ("SAM_MODEL_TYPE", "RUNTIME", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":
         return raw.strip().rstrip("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from tests.support.checkpoints import save_random_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "e2e")
+
+# Tests compare the torch path with SamPredictor pixel for pixel, and the servers they start (which inherit this
+# environment) serve it; the default runtime's tests (tests/integration/test_runtime.py) set RUNTIME themselves.
+os.environ["RUNTIME"] = "torch"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,7 +35,8 @@ def vit_t_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vit_t_settings(vit_t_checkpoint: Path):
     from sam_ls_backend.settings import Settings
 
-    return Settings.from_env({}, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), LABEL_STUDIO_URL="http://127.0.0.1:9")
+    return Settings.from_env({}, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), LABEL_STUDIO_URL="http://127.0.0.1:9",
+                             RUNTIME="torch")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from sam_ls_backend.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from sam_ls_backend.settings import Settings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,9 +22,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_torch_threads(settings: Settings) -> None:
-    """Apply TORCH_THREADS (0 keeps torch's default)."""
+def use_torch_threads(threads: int) -> None:
+    """Apply TORCH_THREADS: `threads` per forward pass (0 keeps torch's default)."""
     import torch
 
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -9,6 +9,9 @@ from typing import Protocol
 
 from sam_ls_backend.errors import ConfigError
 
+# Part of every graph's name: a change to what the graphs take or give renames them, so they are exported again.
+EXPORT_FORMAT = "sam-ls-backend onnx graphs 1"
+
 
 class ModelSettings(Protocol):
     """The settings that say which model and where its files are (sam_ls_backend.settings.Settings has them)."""
@@ -29,6 +32,12 @@ class ModelSettings(Protocol):
     def sam2_model_dir(self) -> str: ...
     @property
     def sam3_model_dir(self) -> str: ...
+    @property
+    def runtime(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def onnx_cache_dir(self) -> str: ...
 
     def model_path(self, name: str) -> Path: ...
 
@@ -85,6 +94,18 @@ def _model_file(settings: ModelSettings, name: str, variable: str) -> Path:
                           f"<SAM or MobileSAM checkpoint>{' --encoder' if variable == 'ONNX_ENCODER' else ''}, "
                           f"or set {variable} to the file's path")
     return path
+
+
+def cached_graphs(settings: ModelSettings, checkpoint: Path) -> tuple[Path, Path]:
+    """Where the decoder and encoder exported from `checkpoint` are (or will be) kept."""
+    folder = settings.model_path(settings.onnx_cache_dir) if settings.onnx_cache_dir else checkpoint.parent
+    stem = f"{checkpoint.stem}.{fingerprint(EXPORT_FORMAT, [checkpoint])}"
+    return folder / f"{stem}.decoder.onnx", folder / f"{stem}.encoder.onnx"
+
+
+def is_exported(settings: ModelSettings, checkpoint: Path) -> bool:
+    """Both graphs of `checkpoint` are in the cache (cheap: reads 2 MiB of the checkpoint, imports nothing)."""
+    return all(path.is_file() for path in cached_graphs(settings, checkpoint))
 
 
 def fingerprint(model_version: str, files: list[Path]) -> str:

@@ -37,7 +37,7 @@ def load_prompt_predictor(settings: Settings, folder: ModelFile, model_class: st
     """A promptable SAM (`transformers.<model_class>`) from its local folder, ready for clicks."""
     transformers = import_transformers()
     path = folder.require_folder()
-    use_torch_threads(settings)
+    use_torch_threads(settings.torch_threads)
     started = time.perf_counter()
     model, processor = load_pretrained(getattr(transformers, model_class), getattr(transformers, processor_class),
                                        path, settings)

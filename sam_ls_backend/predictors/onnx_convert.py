@@ -78,26 +78,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert(checkpoint: Path, output_dir: Path, encoder: bool, quantize: bool, sample: np.ndarray,
-            report: Report = print) -> list[Path]:
-    """Export, validate against torch, optionally quantize; returns the files written (decoder first)."""
+            report: Report = print, stem: str | None = None, min_iou: float = MIN_IOU) -> list[Path]:
+    """Export, validate against torch, optionally quantize; returns the files written (decoder first).
+
+    Files are named `<stem>.decoder.onnx` and `<stem>.encoder.onnx` (`stem` defaults to the checkpoint's).
+    Each graph is checked right after its export, so a refused decoder costs no encoder export; any mask
+    below `min_iou` against torch refuses the export and nothing is written.
+    """
     sam, model_type = load_sam(checkpoint)
+    stem = stem or checkpoint.stem
     report(f"exporting {model_type} from {checkpoint}")
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=output_dir))
     try:
-        exported = {DECODER_GRAPH: staging / f"{checkpoint.stem}.decoder.onnx"}
+        exported = {DECODER_GRAPH: staging / f"{stem}.decoder.onnx"}
         _step("exporting the prompt decoder", export_decoder, sam, exported[DECODER_GRAPH], model_type)
-        if encoder:
-            exported[ENCODER_GRAPH] = staging / f"{checkpoint.stem}.encoder.onnx"
-            _step("exporting the image encoder", export_encoder, sam, exported[ENCODER_GRAPH], model_type)
         checker = _step("running torch on the sample", Checker, SamImagePredictor(sam, model_type), sample,
                         exported[DECODER_GRAPH])
-        for graph, path in exported.items():
-            worst = _step(f"validating the {graph}", checker.worst_iou, graph, path)
-            report(f"  {graph} fp32: mask IoU against torch {worst[0]:.4f} at worst ({worst[1]})")
-            if worst[0] < MIN_IOU:
-                raise ExportError(f"validation failed: the exported {graph} gives a mask with IoU {worst[0]:.4f} "
-                                  f"< {MIN_IOU} against torch ({worst[1]}); nothing was written")
+        _validate(checker, DECODER_GRAPH, exported[DECODER_GRAPH], min_iou, report)
+        if encoder:
+            exported[ENCODER_GRAPH] = staging / f"{stem}.encoder.onnx"
+            _step("exporting the image encoder", export_encoder, sam, exported[ENCODER_GRAPH], model_type)
+            _validate(checker, ENCODER_GRAPH, exported[ENCODER_GRAPH], min_iou, report)
         if quantize:
             for graph, path in list(exported.items()):
                 int8 = path.with_name(path.name.replace(".onnx", ".int8.onnx"))
@@ -108,6 +110,15 @@ def convert(checkpoint: Path, output_dir: Path, encoder: bool, quantize: bool, s
         return publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _validate(checker: Checker, graph: str, path: Path, min_iou: float, report: Report) -> None:
+    """Refuse (ExportError) a graph whose worst mask IoU against torch is below `min_iou`."""
+    worst = _step(f"validating the {graph}", checker.worst_iou, graph, path)
+    report(f"  {graph} fp32: mask IoU against torch {worst[0]:.4f} at worst ({worst[1]})")
+    if worst[0] < min_iou:
+        raise ExportError(f"validation failed: the exported {graph} gives a mask with IoU {worst[0]:.4f} "
+                          f"< {min_iou} against torch ({worst[1]}); nothing was written")
 
 
 class Checker:

@@ -76,6 +76,8 @@ def load(settings: Settings, decoder_file: ModelFile) -> LoadedModels:
 class OnnxSamPredictor:
     """Thread-safe SAM on ONNX Runtime: `embed` an image (ONNX or torch encoder), `predict` prompts on it."""
 
+    runtime = "onnxruntime"
+
     def __init__(self, decoder: ort.InferenceSession, encoder: ImageEncoder, model_type: str) -> None:
         self.model_type = model_type
         self._decoder = decoder
@@ -190,16 +192,32 @@ def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weig
     return encode
 
 
-def open_graph(path: Path, variable: str, graph: str, device: str) -> ort.InferenceSession:
-    """An ONNX Runtime session on `path`, refused unless onnx_converter.py wrote it as this kind of graph."""
+def session_options(threads: int = 0, optimization: str = "all", spinning: bool = False) -> ort.SessionOptions:
+    """ONNX Runtime's options for one graph: intra-op `threads` (0: one per core), graph `optimization`
+    (disable, basic, extended or all) and whether idle threads spin. The server uses the defaults, the fastest
+    measured (README, ONNX); `bench/bench_onnx.py` times the others."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # Idle threads sleep instead of spinning: the server's other threads (and torch, when it runs the
-    # encoder) need the cores between two runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel(OPTIMIZATION_LEVELS[optimization])
+    # Idle threads sleep instead of spinning by default: the server's other threads (and torch, when it
+    # runs the encoder) need the cores between two runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+OPTIMIZATION_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}  # ort.GraphOptimizationLevel values
+
+
+def open_graph(path: Path, variable: str, graph: str, device: str,
+               options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on `path`, refused unless onnx_converter.py wrote it as this kind of graph."""
+    import onnxruntime as ort
+
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=execution_providers(device))
+        session = ort.InferenceSession(str(path), sess_options=options or session_options(),
+                                       providers=execution_providers(device))
     except Exception as error:  # onnxruntime raises several kinds for a missing, foreign or corrupt file
         raise ConfigError(f"{variable}={path} is not a readable ONNX model: {error}") from None
     found = graph_metadata(session).get(GRAPH_KEY)

@@ -8,29 +8,77 @@ Adding a model is one module under `predictors/` with a `load(settings, files)` 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.errors import ConfigError, RuntimeUnavailable
 from sam_ls_backend.predictors.base import LoadedModels, Predictor
-from sam_ls_backend.predictors.files import ModelFile, ModelSettings, mobile_sam_checkpoint, onnx_paths, sam_checkpoint
+from sam_ls_backend.predictors.files import (
+    ModelFile,
+    ModelSettings,
+    is_exported,
+    mobile_sam_checkpoint,
+    onnx_paths,
+    sam_checkpoint,
+)
+
+log = logging.getLogger(__name__)
 
 
 class ModelSpec:
     """How one SAM_CHOICE is served: a checkpoint file, loaded by `loader` ("module:function" under
-    `sam_ls_backend.predictors`, called as function(settings, main_file) and returning `LoadedModels`)."""
+    `sam_ls_backend.predictors`, called as function(settings, main_file) and returning `LoadedModels`).
 
-    def __init__(self, main_file: Callable[[ModelSettings], ModelFile], loader: str) -> None:
+    A model that can also run on ONNX Runtime names `onnx_loader`; `onnx_on_cpu` says RUNTIME=auto serves it
+    there on a CPU (measured faster: README, ONNX). A failed export under auto falls back to `loader`.
+    """
+
+    def __init__(self, main_file: Callable[[ModelSettings], ModelFile], loader: str, onnx_loader: str = "",
+                 onnx_on_cpu: bool = False) -> None:
         self.main_file = main_file
         self.loader = loader
+        self.onnx_loader = onnx_loader
+        self.onnx_on_cpu = onnx_on_cpu
 
     def check(self, settings: ModelSettings) -> None:
         """Raise the ConfigError that explains a missing file, without loading anything."""
         self.main_file(settings).require_file()
 
+    def runtime(self, settings: ModelSettings) -> str:
+        """torch or onnx: what RUNTIME makes of this model here (auto on DEVICE=auto asks torch for a GPU)."""
+        if not self.onnx_loader or settings.runtime == "torch":
+            return "torch"
+        if settings.runtime == "onnx":
+            return "onnx"
+        return "onnx" if self.onnx_on_cpu and not _on_gpu(settings.device) else "torch"
+
+    def may_export(self, settings: ModelSettings) -> bool:
+        """RUNTIME may export this model's checkpoint at load and its graphs are not cached yet (cheap: no
+        torch or onnxruntime import, so a gunicorn master can ask and leave the export to a child process)."""
+        if not self.onnx_loader or settings.runtime == "torch" or (settings.runtime == "auto" and not self.onnx_on_cpu):
+            return False
+        checkpoint = self.main_file(settings).path
+        return checkpoint.is_file() and not is_exported(settings, checkpoint)
+
     def load(self, settings: ModelSettings) -> LoadedModels:
-        """The model's weights, loaded (start-up only: takes seconds)."""
-        module, _, function = self.loader.partition(":")
+        """The model's weights, loaded (start-up only: takes seconds; a first ONNX export, a minute or more)."""
+        if self.runtime(settings) == "onnx":
+            try:
+                return self._call(self.onnx_loader, settings)
+            except RuntimeUnavailable as why:
+                self.fall_back(settings, why)
+        return self._call(self.loader, settings)
+
+    def fall_back(self, settings: ModelSettings, why: RuntimeUnavailable) -> None:
+        """RUNTIME=auto: say in one log line why torch serves instead; RUNTIME=onnx: ConfigError with the reason."""
+        if settings.runtime == "onnx":
+            raise ConfigError(f"RUNTIME=onnx: {why}")
+        log.warning("RUNTIME=auto: serving %s on torch, as its ONNX Runtime graphs are unavailable: %s",
+                    self.main_file(settings).path.name, why)
+
+    def _call(self, loader: str, settings: ModelSettings) -> LoadedModels:
+        module, _, function = loader.partition(":")
         load = getattr(importlib.import_module(f"sam_ls_backend.predictors.{module}"), function)
         return load(settings, self.main_file(settings))
 
@@ -66,14 +114,25 @@ class OnnxModelSpec(ModelSpec):
 
 
 MODELS: dict[str, ModelSpec] = {
-    "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam"),
-    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam"),
+    # MobileSAM: on a CPU, ONNX Runtime fp32 is the faster exact runtime (README, Runtime).
+    "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam", "onnx_cache:load_mobile_sam",
+                           onnx_on_cpu=True),
+    # SAM ViT-B/L/H: on ONNX Runtime with RUNTIME=onnx; auto keeps torch (not measured faster).
+    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam", "onnx_cache:load_sam"),
     "ONNX": OnnxModelSpec(lambda s: ModelFile(s.model_path(s.onnx_decoder), "ONNX_DECODER", ""), "onnx_runtime:load"),
     "SAM2": FolderModelSpec(lambda s: ModelFile(s.model_path(s.sam2_model_dir), "SAM2_MODEL_DIR", "sam2"),
                             "hf:load_sam2"),
     "SAM3": FolderModelSpec(lambda s: ModelFile(s.model_path(s.sam3_model_dir), "SAM3_MODEL_DIR", "sam3"),
                             "sam3:load_sam3"),
 }
+
+
+def _on_gpu(device: str) -> bool:
+    if device == "auto":
+        from sam_ls_backend.predictors.device import resolve_device
+
+        return resolve_device(device).type == "cuda"
+    return device.startswith("cuda")
 
 
 def model_spec(choice: str) -> ModelSpec:

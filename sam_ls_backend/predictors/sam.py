@@ -47,7 +47,7 @@ def load_sam(settings: Settings, checkpoint: ModelFile) -> LoadedModels:
 def load_predictor(settings: Settings, checkpoint: ModelFile, mobile: bool) -> SamImagePredictor:
     """Build the model a checkpoint holds and load its weights (start-up only: takes seconds)."""
     path = checkpoint.require_file()
-    use_torch_threads(settings)
+    use_torch_threads(settings.torch_threads)
     started = time.perf_counter()
     state_dict = read_state_dict(path)
     model_type = recognise_model_type(state_dict)
@@ -67,6 +67,8 @@ def load_predictor(settings: Settings, checkpoint: ModelFile, mobile: bool) -> S
 
 class SamImagePredictor:
     """Thread-safe SAM/MobileSAM inference: `embed` an image, then `predict` prompts on the embedding."""
+
+    runtime = "torch"
 
     def __init__(self, model: Any, model_type: str, batch_decoder: bool = False) -> None:
         self.model: Any = model  # segment_anything.Sam or mobile_sam.Sam (untyped)

@@ -84,7 +84,7 @@ def test_gunicorn_serves_the_wsgi_app_and_stops_gracefully(vit_t_checkpoint, tmp
 def test_check_loads_the_model_and_exits(vit_t_checkpoint):
     done = run_wsgi("--check", env={"MOBILESAM_CHECKPOINT": str(vit_t_checkpoint)})
     assert done.returncode == 0, done.stderr
-    assert "ok: MobileSAM loads from" in done.stdout
+    assert "ok: MobileSAM (vit_t) runs on torch (RUNTIME=torch), loads from" in done.stdout
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):

@@ -74,7 +74,7 @@ def test_sam_vit_b_checkpoint_is_recognised_and_matches(tmp_path):
     from tests.support.checkpoints import save_random_checkpoint
 
     checkpoint = save_random_checkpoint("vit_b", tmp_path / "sam_vit_b.pth")
-    predictor = load_predictor(Settings.from_env({}, SAM_CHOICE="SAM", SAM_CHECKPOINT=str(checkpoint)))
+    predictor = load_predictor(Settings.from_env({}, SAM_CHOICE="SAM", SAM_CHECKPOINT=str(checkpoint), RUNTIME="torch"))
     assert predictor.model_type == "vit_b"
     image = scene(160, 120, seed=3)
     (prompt,) = prompts_from_regions([keypoint(25, 25), keypoint(75, 75, False)])

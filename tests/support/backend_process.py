@@ -28,6 +28,7 @@ class BackendProcess:
     """
 
     def __init__(self, env: dict[str, str], log_path: Path | None = None, gunicorn: bool = False) -> None:
+        self.env = env  # as given, so the same server can be started again
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or Path(os.devnull)

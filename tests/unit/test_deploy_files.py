@@ -215,3 +215,55 @@ def test_linters_are_clean(linter, files):
     result = subprocess.run([str(Path(sys.executable).parent / linter), *files], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_exports_baked_weights_for_the_default_runtime_at_build_time():
+    """A container on a CPU starts ready: the baked MobileSAM's ONNX graphs are in the image's /app/models,
+    exported by the server's own start-up step (checked, failing the build when the export fails)."""
+    instructions = dockerfile_instructions()
+    stages = [args.split() for keyword, args in instructions if keyword == "FROM"]
+    assert ["builder", "AS", "exported"] in stages
+    start = instructions.index(("FROM", "builder AS exported"))
+    end = next(i for i in range(start + 1, len(instructions)) if instructions[i][0] == "FROM")
+    stage = instructions[start + 1:end]
+    assert ("COPY", "--from=weights /models/ /models/") in stage
+    (run,) = [args for keyword, args in stage if keyword == "RUN"]
+    assert "set -eu" in run and "if [ -f /models/mobile_sam.pt ]" in run
+    assert re.search(r"MODEL_DIR=/models SAM_CHOICE=MobileSAM RUNTIME=onnx DEVICE=cpu python _wsgi.py "
+                     r"--prepare-runtime", run)
+    assert ("COPY", "--from=exported --chown=app:app /models/ /app/models/") in instructions
+    assert not any(keyword == "COPY" and "--from=weights" in args and "/app/models" in args
+                   for keyword, args in instructions)
+
+
+def test_gunicorn_exports_before_forking_and_workers_fall_back_on_failure(monkeypatch):
+    """gunicorn.conf.py's on_starting hook (run by the master before any worker, in the image's CMD too) runs
+    the export `python _wsgi.py` runs, and hands RUNTIME=torch to the workers when it failed."""
+    import importlib.util
+
+    import _wsgi
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", ROOT / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    calls = []
+
+    def failed_export(settings, argv):
+        calls.append(argv)
+        return settings.with_overrides(runtime="torch")
+
+    monkeypatch.setattr(_wsgi, "export_before_forking", failed_export)
+    monkeypatch.setenv("RUNTIME", "auto")
+    conf.on_starting(None)
+    assert calls == [[]] and os.environ["RUNTIME"] == "torch"
+
+
+def test_the_entrypoint_finds_the_configured_checkpoint(tmp_path):
+    """The snippet the entrypoint runs to learn which checkpoint to fetch, run here as it runs there."""
+    snippet = re.search(r"python - 2>/dev/null <<'EOF'\) \|\| true\n(.*?)\nEOF", ENTRYPOINT.read_text(), re.S)
+    assert snippet
+    env = {**os.environ, "MODEL_DIR": str(tmp_path), "SAM_CHOICE": "MobileSAM"}
+    done = subprocess.run([sys.executable, "-c", snippet.group(1)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "mobile_sam.pt")
