@@ -28,6 +28,13 @@ class Control:
     tag: str  # as written in the config, e.g. BrushLabels
     labels: tuple[str, ...]
     smart: bool = False  # smart="true" or smartOnly="true": an Auto-Annotation (prompting) tool
+    # What SAM 3 looks for under each label (PREANNOTATE=concepts): the <Label concept="..."> attribute, which
+    # Label Studio keeps and ignores, else the label's value. Same order as `labels`.
+    concepts: tuple[str, ...] = ()
+
+    def concept_of(self, label: str) -> str:
+        """The SAM 3 phrase for `label`: its `concept` attribute, else the label itself."""
+        return dict(zip(self.labels, self.concepts)).get(label) or label
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def parse_label_config(xml: str) -> LabelConfig:
             if value.startswith("$") and len(value) > 1:
                 images[name] = value[1:]
         elif tag.get("toName"):
-            control = Control(name=name, tag=kind, labels=_labels(tag), smart=_is_smart(tag))
+            control = Control(name=name, tag=kind, labels=_labels(tag), smart=_is_smart(tag), concepts=_concepts(tag))
             for target in _targets(tag):
                 controls.setdefault(target, []).append(control)
     return LabelConfig(image_fields=images, controls={name: tuple(found) for name, found in controls.items()})
@@ -84,6 +91,11 @@ def _targets(tag: Element) -> list[str]:
 
 def _labels(tag: Element) -> tuple[str, ...]:
     return tuple(label.get("value", "") for label in tag.iter() if str(label.tag).lower() == "label")
+
+
+def _concepts(tag: Element) -> tuple[str, ...]:
+    return tuple(" ".join((label.get("concept") or label.get("value") or "").split())
+                 for label in tag.iter() if str(label.tag).lower() == "label")
 
 
 def _is_smart(tag: Element) -> bool:
