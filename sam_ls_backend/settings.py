@@ -99,6 +99,10 @@ class Settings:
     everything_pred_iou: float = 0.88
     everything_stability: float = 0.95
     everything_nms: float = 0.7
+    # `python -m precompute --predictions`: tasks per /predict, and /predict calls at a time (several keep the
+    # replicas behind a load balancer busy).
+    predictions_batch: int = 8
+    predictions_concurrency: int = 2
 
     # Image download limits.
     image_connect_timeout: float = 5.0
@@ -196,7 +200,8 @@ class Settings:
     def _validate_preannotation(self) -> None:
         if self.preannotate not in PREANNOTATE_KINDS:
             raise ConfigError(f"PREANNOTATE must be one of {', '.join(PREANNOTATE_KINDS)}, not {self.preannotate!r}")
-        for name in ("everything_points_per_side", "everything_points_per_batch"):
+        for name in ("everything_points_per_side", "everything_points_per_batch", "predictions_batch",
+                     "predictions_concurrency"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
         for name in ("everything_pred_iou", "everything_stability", "everything_nms"):
