@@ -109,3 +109,16 @@ def _member(payload: bytes, name: str) -> bytes:
     (member,) = [member for member in archive.namelist() if member.endswith(name)]
     return archive.read(member)
 
+
+
+def test_label_studio_accepts_a_concept_phrase_on_a_label(label_studio: LabelStudio) -> None:
+    """A label's SAM 3 phrase rides in a `concept` attribute, which Label Studio's config validation accepts and
+    keeps, while the label's value (what regions are stored with) stays the short name."""
+    from sam_ls_backend.protocol.label_config import parse_label_config
+
+    config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+              '<Label value="bus" concept="yellow school bus"/><Label value="car"/></BrushLabels></View>')
+    project_id = label_studio.create_project("sam-ls-backend concepts", config)
+    kept = label_studio._call("GET", f"/api/projects/{project_id}/")["label_config"]
+    (control,) = parse_label_config(kept).controls["image"]
+    assert control.labels == ("bus", "car") and control.concepts == ("yellow school bus", "car")
