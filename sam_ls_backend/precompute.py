@@ -28,7 +28,8 @@ PAGE_SIZE = 100
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Embed every image of a Label Studio project into REDIS_URL")
+    parser = argparse.ArgumentParser(description="Embed every image of a Label Studio project into REDIS_URL, or "
+                                     "(--predictions) pre-annotate it")
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many tasks (0: all)")
     parser.add_argument("--predictions", action="store_true",

@@ -109,3 +109,34 @@ def test_retrieve_and_open_store_the_generators_masks(label_studio: LabelStudio,
         assert len(boxes) == len(expected) and all(r["from_name"] == "box" for r in boxes)
         assert any(r["type"] == "polygonlabels" for r in result)
         assert all(isinstance(r["score"], float) for r in result)
+
+
+def test_the_command_sends_batches_to_a_running_backend(label_studio: LabelStudio, backend_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m precompute --project N --predictions --backend URL`: the backend (or its load balancer) answers,
+    the command stores, and a second run finds nothing left to do."""
+    from sam_ls_backend.precompute import main
+
+    ls = label_studio
+    assert ls.local_files_root is not None
+    folder = ls.local_files_root / "command"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(shape_scene(WIDTH, HEIGHT, seed=10 + index)[0]).save(folder / f"scene-{index}.png")
+    project = ls.create_project("sam-ls-backend command", CONFIG)
+    ls.add_local_files_storage(project, folder)
+    task_ids = ls.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=command/scene-{index}.png"}}
+                                         for index in range(3)])
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls.token)
+    arguments = ["--project", str(project), "--predictions", "--backend", backend_url, "--batch", "2"]
+    assert main(arguments) == 0
+    assert "3 predicted" in capsys.readouterr().out
+    assert main(arguments) == 0
+    assert "0 predicted" in capsys.readouterr().out
+    for task_id in task_ids:
+        found = call(ls, "GET", "/api/predictions/", params={"task": task_id})
+        found = found.get("results", found) if isinstance(found, dict) else found
+        (prediction,) = [p for p in found if p["task"] == task_id]
+        assert prediction["model_version"] == "MobileSAM-vit_t" and prediction["result"]
