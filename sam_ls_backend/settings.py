@@ -20,6 +20,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
 RUNTIMES = ("auto", "torch", "onnx")
+PREANNOTATE_KINDS = ("off", "concepts", "everything")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,25 @@ class Settings:
     # Batched matrix products round differently, so a batched mask can differ from the one-object answer in
     # a few pixels per million; off keeps every mask exactly SamPredictor's.
     decoder_batch: str = "auto"
+
+    # Pre-annotation: what a task sent without regions gets (Retrieve predictions, a task opened without a
+    # prediction): off (nothing; its image is embedded for the first click), concepts (SAM_CHOICE=SAM3: every
+    # label of the image's output controls is a concept) or everything (MobileSAM, SAM: automatic mask
+    # generation over a point grid, as segment-anything's SamAutomaticMaskGenerator).
+    preannotate: str = "off"
+    # PREANNOTATE=everything: the label of its regions; empty: the output control's first label.
+    preannotate_label: str = ""
+    # PREANNOTATE=everything: SamAutomaticMaskGenerator's parameters, with its defaults: clicks per side of the
+    # grid, clicks per decoder call, predicted-IoU filter (>), stability filter (>=), box NMS IoU threshold.
+    everything_points_per_side: int = 32
+    everything_points_per_batch: int = 64
+    everything_pred_iou: float = 0.88
+    everything_stability: float = 0.95
+    everything_nms: float = 0.7
+    # `python -m precompute --predictions`: tasks per /predict, and /predict calls at a time (several keep the
+    # replicas behind a load balancer busy).
+    predictions_batch: int = 8
+    predictions_concurrency: int = 2
 
     # Image download limits.
     image_connect_timeout: float = 5.0
@@ -184,6 +204,18 @@ class Settings:
         for name in ("min_area", "polygon_min_area", "polygon_tolerance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must be 0 or more")
+        self._validate_preannotation()
+
+    def _validate_preannotation(self) -> None:
+        if self.preannotate not in PREANNOTATE_KINDS:
+            raise ConfigError(f"PREANNOTATE must be one of {', '.join(PREANNOTATE_KINDS)}, not {self.preannotate!r}")
+        for name in ("everything_points_per_side", "everything_points_per_batch", "predictions_batch",
+                     "predictions_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+        for name in ("everything_pred_iou", "everything_stability", "everything_nms"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name.upper()} must be between 0 and 1")
 
     @property
     def negative_label_names(self) -> frozenset[str]:
@@ -215,7 +247,8 @@ def _convert(name: str, raw: str, kind: object) -> object:
         raise ConfigError(f"{name} must be a {kind}, not {raw!r}") from None
     if name == "SAM_CHOICE":
         return {c.lower(): c for c in MODELS}.get(raw.strip().lower(), raw)
-    if name in ("SAM_MODEL_TYPE", "RUNTIME", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH"):
+    if name in ("SAM_MODEL_TYPE", "RUNTIME", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH",
+                "PREANNOTATE"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":
         return raw.strip().rstrip("/")

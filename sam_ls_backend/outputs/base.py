@@ -26,8 +26,10 @@ class JsonText:
 class Output(Protocol):
     """One kind of output control (RESULT_TYPE names it by `kind`)."""
 
-    kind: str  # brush, polygon
+    kind: str  # brush, polygon, rectangle
     tag: str  # the labeling config's tag, e.g. BrushLabels
+    # True when a smart control of this tag is a prompting tool (RectangleLabels): only non-smart ones answer.
+    smart_is_prompt: bool
 
     def results(self, mask: np.ndarray, label: str | None, control: Control, to_name: str, score: float,
                 options: PolygonOptions) -> list[dict]:

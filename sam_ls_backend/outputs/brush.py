@@ -17,6 +17,7 @@ from sam_ls_backend.protocol.polygons import PolygonOptions
 class BrushOutput:
     kind = "brush"
     tag = "BrushLabels"
+    smart_is_prompt = False
 
     def results(self, mask: np.ndarray, label: str | None, control: Control, to_name: str, score: float,
                 options: PolygonOptions) -> list[dict]:

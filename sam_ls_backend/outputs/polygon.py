@@ -12,6 +12,7 @@ from sam_ls_backend.protocol.polygons import PolygonOptions, mask_to_polygons, p
 class PolygonOutput:
     kind = "polygon"
     tag = "PolygonLabels"
+    smart_is_prompt = False
 
     def results(self, mask: np.ndarray, label: str | None, control: Control, to_name: str, score: float,
                 options: PolygonOptions) -> list[dict]:

@@ -3,6 +3,10 @@
 The image's features come from SAM 3's own encoder (cached like SAM's embeddings). The detector's answer is
 kept for each (image, concept, boxes), so a new threshold typed for the same concept runs no model. A concept
 typed on a task is remembered for it: later rectangles and thresholds on that task refine that concept.
+
+Under PREANNOTATE=concepts a task sent without regions is labelled with no one typing: every label of the
+image's output controls is a concept (its `<Label concept="...">` phrase when it has one), found on one encoder
+run of the image; each instance above the threshold is a region with that label and its score.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sam_ls_backend.embeddings.lookup import ImageEmbeddings
 from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.metrics import DECODER_SECONDS
-from sam_ls_backend.outputs import output_controls, to_results
+from sam_ls_backend.outputs import images_with_outputs, output_controls, to_results
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
 from sam_ls_backend.predictors.base import Embedding
 from sam_ls_backend.protocol.concepts import ConceptPrompt, concept_prompts
@@ -56,8 +60,23 @@ class ConceptPipeline:
         return concepts or None, Regions(keypoints=regions.keypoints)
 
     def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
-        """Concepts are typed by an annotator: a task without regions is passed on."""
-        return None
+        """PREANNOTATE=concepts: every instance of every label's concept on the task's images; else passed on."""
+        if self.settings.preannotate != "concepts":
+            return None
+        threshold = self.settings.score_threshold or DEFAULT_CONCEPT_THRESHOLD
+        results = []
+        for to_name in sorted(images_with_outputs(request.config)):
+            controls = output_controls(request.config, to_name, self.settings.result_type)
+            url = image_url(task, request.config.image_field(to_name))
+            task_id = task.get("id")
+            embedding, source = self.embeddings.get(url, task_id if isinstance(task_id, int) else None)
+            stats.encoder_runs += source == "encoder"
+            for label, phrase in label_concepts([control for _, control in controls]):
+                detections = self._detections(url, embedding, phrase, [], (), stats)
+                for instance in self.segmenter.instances(detections, threshold):
+                    mask = remove_small_regions(instance.mask, self.settings.min_area)
+                    results += to_results(mask, label, controls, to_name, instance.score, self.polygon_options)
+        return results
 
     def answer(self, request: Request, task: dict, concepts: list[ConceptPrompt], stats: PredictStats) -> list[dict]:
         """One region per instance of each image's concept, above the confidence threshold."""
@@ -71,19 +90,25 @@ class ConceptPipeline:
             height, width = embedding.original_size
             scale = (width / 100.0, height / 100.0, width / 100.0, height / 100.0)
             boxes = [tuple(v * s for v, s in zip(box, scale)) for box in concept.boxes]
-            key = repr((self.embeddings.digest(url), text, boxes, concept.box_labels))
-            runs: list[float] = []
-            detections = self.detections.get_or_compute(
-                key, partial(self._detect, runs, embedding, text, boxes, list(concept.box_labels)))
-            for seconds in runs:
-                DECODER_SECONDS.observe(seconds)
-            stats.concepts += 1
-            stats.detector_runs += len(runs)
+            detections = self._detections(url, embedding, text, boxes, tuple(concept.box_labels), stats)
             label = concept_label(text, concept.label, [control for _, control in controls])
             for instance in self.segmenter.instances(detections, threshold):
                 mask = remove_small_regions(instance.mask, self.settings.min_area)
                 results += to_results(mask, label, controls, concept.to_name, instance.score, self.polygon_options)
         return results
+
+    def _detections(self, url: str, embedding: Embedding, text: str, boxes: list[tuple[float, ...]],
+                    box_labels: tuple[int, ...], stats: PredictStats) -> Detections:
+        """SAM 3's candidates for `text` and `boxes` (pixels) on the image, from the cache when asked before."""
+        key = repr((self.embeddings.digest(url), text, boxes, box_labels))
+        runs: list[float] = []
+        detections = self.detections.get_or_compute(
+            key, partial(self._detect, runs, embedding, text, boxes, list(box_labels)))
+        for seconds in runs:
+            DECODER_SECONDS.observe(seconds)
+        stats.concepts += 1
+        stats.detector_runs += len(runs)
+        return detections
 
     def _detect(self, runs: list[float], embedding: Embedding, text: str, boxes: list[tuple[float, ...]],
                 box_labels: list[int]) -> Detections:
@@ -119,3 +144,13 @@ def concept_label(text: str, rectangle_label: str | None, controls: list[Control
                       + [label for label in labels if label.lower() in words]):
         return candidate
     return labels[0] if labels else None
+
+
+def label_concepts(controls: list[Control]) -> list[tuple[str, str]]:
+    """(label, SAM 3 phrase) for every distinct label of the controls, in config order."""
+    found: dict[str, str] = {}
+    for control in controls:
+        for label in control.labels:
+            if label and label not in found:
+                found[label] = control.concept_of(label)
+    return list(found.items())

@@ -114,6 +114,38 @@ class SamImagePredictor:
                 results[index] = result
         return results  # type: ignore[return-value]
 
+    @property
+    def mask_threshold(self) -> float:
+        """Logits above this are the mask (SAM: 0.0)."""
+        return float(self.model.mask_threshold)
+
+    @on_compute_thread
+    @torch.inference_mode()
+    def decode_grid(self, embedding: Embedding, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's three candidates for each of N single positive clicks at `points` (N×2 float64 pixels x, y of the
+        original image): low-res logits N×3×256×256 float32 and predicted IoUs N×3, on the model's device.
+
+        The click coordinates stay float64 until the prompt encoder, as SamAutomaticMaskGenerator passes them.
+        """
+        coords = self._transform.apply_coords(np.asarray(points, dtype=np.float64), embedding.original_size)
+        in_points = torch.as_tensor(coords, device=self.device)[:, None, :]
+        labels = torch.ones(len(points), 1, dtype=torch.int, device=self.device)
+        sparse, dense = self.model.prompt_encoder(points=(in_points, labels), boxes=None, masks=None)
+        low_res, scores = self.model.mask_decoder(
+            image_embeddings=torch.as_tensor(embedding.features, device=self.device).float(),
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        return low_res, scores
+
+    @on_compute_thread
+    @torch.inference_mode()
+    def upscale(self, embedding: Embedding, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits (N×256×256) as logits in the original image frame (N×H×W float32), as SamPredictor."""
+        return self.model.postprocess_masks(low_res[:, None], embedding.input_size, embedding.original_size)[:, 0]
+
     @on_compute_thread
     @torch.inference_mode()
     def _decode(self, embedding: Embedding, prompts: Sequence[Prompt],

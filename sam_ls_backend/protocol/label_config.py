@@ -1,7 +1,9 @@
 """What a project's labeling config tells the backend: which task field holds each image, which controls point at it.
 
-Every control tag with a `name` and a `toName` is recorded with its labels; which of them receive masks is the
-output registry's business (outputs/), which of them are prompts is the region reader's (regions.py).
+Every control tag with a `name` and a `toName` is recorded with its labels and whether it is smart
+(`smart="true"` or `smartOnly="true"`: Label Studio then offers it as an Auto-Annotation tool, whose regions are
+sent to the backend as prompts). Which controls receive masks is the output registry's business (outputs/),
+which regions are prompts is the region reader's (regions.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class Control:
     name: str
     tag: str  # as written in the config, e.g. BrushLabels
     labels: tuple[str, ...]
+    smart: bool = False  # smart="true" or smartOnly="true": an Auto-Annotation (prompting) tool
+    # What SAM 3 looks for under each label (PREANNOTATE=concepts): the <Label concept="..."> attribute, which
+    # Label Studio keeps and ignores, else the label's value. Same order as `labels`.
+    concepts: tuple[str, ...] = ()
+
+    def concept_of(self, label: str) -> str:
+        """The SAM 3 phrase for `label`: its `concept` attribute, else the label itself."""
+        return dict(zip(self.labels, self.concepts)).get(label) or label
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,11 @@ class LabelConfig:
             raise InvalidRequest(f"the labeling config has no <Image name=\"{to_name}\"> with a $field value")
         return self.image_fields[to_name]
 
-    def control(self, to_name: str, tag: str) -> Control | None:
-        """The first control of kind `tag` (any case) that points at image `to_name`."""
-        return next((c for c in self.controls.get(to_name, ()) if c.tag.lower() == tag.lower()), None)
+    def control(self, to_name: str, tag: str, smart: bool | None = None) -> Control | None:
+        """The first control of kind `tag` (any case) that points at image `to_name`; with `smart` given, the
+        first that is (True) or is not (False) a smart tool."""
+        return next((c for c in self.controls.get(to_name, ())
+                     if c.tag.lower() == tag.lower() and (smart is None or c.smart == smart)), None)
 
 
 @lru_cache(maxsize=64)
@@ -66,7 +78,7 @@ def parse_label_config(xml: str) -> LabelConfig:
             if value.startswith("$") and len(value) > 1:
                 images[name] = value[1:]
         elif tag.get("toName"):
-            control = Control(name=name, tag=kind, labels=_labels(tag))
+            control = Control(name=name, tag=kind, labels=_labels(tag), smart=_is_smart(tag), concepts=_concepts(tag))
             for target in _targets(tag):
                 controls.setdefault(target, []).append(control)
     return LabelConfig(image_fields=images, controls={name: tuple(found) for name, found in controls.items()})
@@ -79,3 +91,12 @@ def _targets(tag: Element) -> list[str]:
 
 def _labels(tag: Element) -> tuple[str, ...]:
     return tuple(label.get("value", "") for label in tag.iter() if str(label.tag).lower() == "label")
+
+
+def _concepts(tag: Element) -> tuple[str, ...]:
+    return tuple(" ".join((label.get("concept") or label.get("value") or "").split())
+                 for label in tag.iter() if str(label.tag).lower() == "label")
+
+
+def _is_smart(tag: Element) -> bool:
+    return any(tag.get(name, "").strip().lower() == "true" for name in ("smart", "smartOnly"))
