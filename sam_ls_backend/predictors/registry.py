@@ -19,15 +19,19 @@ from sam_ls_backend.predictors.files import ModelFile
 
 if TYPE_CHECKING:
     from sam_ls_backend.predictors.sam3 import ConceptSegmenter
+    from sam_ls_backend.predictors.video import VideoTracker
     from sam_ls_backend.settings import Settings
 
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """What a SAM_CHOICE serves: the predictor clicks go to, and SAM 3's concept detector (else None)."""
+    """What a SAM_CHOICE serves: the predictor clicks go to, SAM 3's concept detector (else None), and how to
+    load its video tracker (else None). The tracker is loaded on the first video request, not at start-up:
+    it holds a second copy of the image model's weights, which a project without videos should not pay for."""
 
     predictor: Predictor
     concepts: ConceptSegmenter | None = None
+    video: Callable[[], VideoTracker] | None = None
 
 
 class ModelSpec:
@@ -91,6 +95,9 @@ def sam_checkpoint(settings: Settings, model_type: str | None = None) -> ModelFi
         return mobile_sam_checkpoint(settings)
     return ModelFile(settings.model_path(settings.sam_checkpoint), "SAM_CHECKPOINT", settings.sam_model_type)
 
+
+# The choices whose models track objects through videos.
+VIDEO_MODELS = ("SAM2", "SAM3")
 
 MODELS: dict[str, ModelSpec] = {
     "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam"),
