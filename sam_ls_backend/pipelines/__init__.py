@@ -1,8 +1,8 @@
 """The kinds of task work `SamBackend` hands a request to, in the order they take regions.
 
-Adding a kind is one module with a pipeline class (see base.py) and one line here: SAM 3 concepts take
-typed text and rectangles first when the model has a concept detector; clicks take the keypoints and
-rectangles left.
+Adding a kind is one module with a pipeline class (see base.py) and one line here: video takes the
+VideoRectangles (and answers tasks of videos without context); SAM 3 concepts take typed text and rectangles
+when the model has a concept detector; clicks take the keypoints and rectangles left.
 """
 
 from __future__ import annotations
@@ -10,5 +10,6 @@ from __future__ import annotations
 from sam_ls_backend.pipelines.base import PipelineFactory
 from sam_ls_backend.pipelines.clicks import ClickPipeline
 from sam_ls_backend.pipelines.concepts import ConceptPipeline
+from sam_ls_backend.pipelines.video import VideoPipeline
 
-PIPELINES: tuple[PipelineFactory, ...] = (ConceptPipeline.build, ClickPipeline)
+PIPELINES: tuple[PipelineFactory, ...] = (VideoPipeline.build, ConceptPipeline.build, ClickPipeline)
