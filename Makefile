@@ -40,6 +40,7 @@ bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_rle
 	$(BIN)/python -m bench.bench_hf
+	$(BIN)/python -m bench.bench_video
 
 bench-memory: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_memory
