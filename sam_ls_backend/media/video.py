@@ -90,6 +90,18 @@ class VideoFile:
         """The frame shown at `seconds` from the start: the last whose presentation time is not after it."""
         return max(0, bisect.bisect_right(self.times, seconds + 1e-6) - 1)
 
+    def index_of_label_studio_frame(self, frame: int, framerate: float) -> int | None:
+        """The frame Label Studio's player shows as `frame` (1-based, counted at the `<Video>` tag's framerate:
+        frame n is at (n - 1) / framerate seconds); None past the video's end."""
+        seconds = (frame - 1) / framerate
+        if seconds > self.times[-1] + 1.0 / framerate:
+            return None
+        return self.index_at(seconds)
+
+    def label_studio_frames(self, framerate: float) -> list[int]:
+        """Label Studio's frame number (1-based) of every frame, by its presentation time."""
+        return [round(seconds * framerate) + 1 for seconds in self.times]
+
     def close(self) -> None:
         self._decoded = None
         self._container.close()

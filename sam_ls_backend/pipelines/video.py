@@ -147,21 +147,19 @@ class VideoPipeline:
                prompts: dict[str, tuple[VideoKeyframe, ...]], framerate: float) -> TrackEntry:
         """A new track of `objects`, prompted with each enabled annotated keyframe's box on its frame."""
         by_frame: dict[int, list[tuple[int, PixelBox]]] = {}
-        last_time = video.times[-1] + 1.0 / framerate
         for number, region in enumerate(objects, start=1):
             for keyframe in prompts[region.id]:
-                seconds = (keyframe.frame - 1) / framerate
-                if seconds > last_time:
+                index = video.index_of_label_studio_frame(keyframe.frame, framerate)
+                if index is None:
                     raise InvalidRequest(f"region {region.id}: keyframe at frame {keyframe.frame} is past the end of "
                                          f"the video ({len(video)} frames at framerate {framerate:g})")
                 box = box_in_pixels(keyframe, video.width, video.height) if keyframe.enabled else None
                 if box is not None:
-                    by_frame.setdefault(video.index_at(seconds), []).append((number, box))
+                    by_frame.setdefault(index, []).append((number, box))
         if not by_frame:
             raise InvalidRequest("no VideoRectangle of the request has an enabled keyframe with a box on the video")
         track = tracker.begin(video, by_frame, len(video))
-        frames = [round(seconds * framerate) + 1 for seconds in video.times]
-        return TrackEntry(prompts, track, video.width, video.height, frames)
+        return TrackEntry(prompts, track, video.width, video.height, video.label_studio_frames(framerate))
 
     def _results(self, entry: TrackEntry, objects: list[VideoRectangle], framerate: float) -> list[dict]:
         track = entry.track

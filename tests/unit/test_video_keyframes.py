@@ -123,3 +123,40 @@ def test_the_label_config_names_videos_and_their_framerate() -> None:
     assert [control.tag for control in config.controls["video"]] == ["Labels", "VideoRectangle"]
     default = parse_label_config('<View><Video name="v" value="$clip"/><VideoRectangle name="b" toName="v"/></View>')
     assert default.framerates == {"v": 24.0} and default.video_fields == {"v": "clip"}
+
+
+def test_any_video_rectangle_is_read_or_named_never_crashes() -> None:
+    """Whatever a videorectangle region holds, the reader returns it or raises InvalidRequest naming it."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.unit.test_region_properties import JSON, NUMBERS
+
+    def anything_or(strategy):
+        return st.one_of(strategy, strategy, strategy, JSON)
+
+    keyframes = st.fixed_dictionaries({}, optional={
+        name: anything_or(NUMBERS) for name in ("frame", "x", "y", "width", "height", "rotation", "time")
+    } | {"enabled": anything_or(st.booleans())})
+    value = st.fixed_dictionaries({}, optional={
+        "sequence": anything_or(st.lists(anything_or(keyframes), max_size=4)),
+        "framesCount": anything_or(NUMBERS), "labels": anything_or(st.lists(st.text(max_size=5), max_size=2))})
+    region = st.fixed_dictionaries({"type": st.just("videorectangle")}, optional={
+        "id": anything_or(st.text(max_size=5)), "from_name": anything_or(st.just("box")),
+        "to_name": anything_or(st.just("video")), "value": anything_or(value)})
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(region)
+    def check(candidate: dict) -> None:
+        try:
+            video = read_regions([candidate]).video_rectangles[0]
+        except InvalidRequest as error:
+            assert error.message.startswith("context.result[0]")
+            return
+        frames = [item.frame for item in video.keyframes]
+        assert frames == sorted(set(frames)) and frames
+        for item in video.keyframes:
+            box = box_in_pixels(item, WIDTH, HEIGHT)
+            assert box is None or all(math.isfinite(v) for v in box)
+
+    check()
