@@ -204,13 +204,21 @@ class VideoPipeline:
 
 
 def annotated_keyframes(region: VideoRectangle, entry: TrackEntry | None) -> tuple[VideoKeyframe, ...]:
-    """The region's keyframes less those the backend answered before and the annotator left as they were."""
+    """The region's keyframes less those the backend answered before and the annotator left as they were; an
+    annotated keyframe sent back as answered (its `enabled` turned off where the object was lost) is the
+    annotator's original."""
     if entry is None or region.id not in entry.answered:
         return region.keyframes
-    prompted = {keyframe.frame for keyframe in entry.prompts.get(region.id, ())}
-    ours = {keyframe["frame"]: keyframe for keyframe in entry.answered[region.id] if keyframe["frame"] not in prompted}
-    return tuple(keyframe for keyframe in region.keyframes
-                 if keyframe.frame not in ours or not _same(keyframe, ours[keyframe.frame]))
+    prompted = {keyframe.frame: keyframe for keyframe in entry.prompts.get(region.id, ())}
+    answered = {keyframe["frame"]: keyframe for keyframe in entry.answered[region.id]}
+    kept = []
+    for keyframe in region.keyframes:
+        unchanged = keyframe.frame in answered and _same(keyframe, answered[keyframe.frame])
+        if keyframe.frame in prompted:
+            kept.append(prompted[keyframe.frame] if unchanged else keyframe)
+        elif not unchanged:
+            kept.append(keyframe)
+    return tuple(kept)
 
 
 def _same(keyframe: VideoKeyframe, answered: dict) -> bool:

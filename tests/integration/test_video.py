@@ -203,6 +203,8 @@ def test_lost_objects_are_disabled_until_found(folders, image_host, served, vide
     result = predict(client, video_body(served, [sent]))["results"][0]["result"][0]
     check_against_oracle(result, sent, oracle, 0)
     assert any(not item["enabled"] for item in result["value"]["sequence"])
+    again = predict(client, video_body(served, with_sequences([sent], [result])))["results"][0]["result"]
+    assert again == [result], "the ended box sent back is recognised: same answer, no error"
 
 
 def test_continuation_across_requests_ends_where_one_request_would(folders, image_host, served) -> None:
