@@ -41,6 +41,7 @@ bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_rle
 	$(BIN)/python -m bench.bench_polygons
 	$(BIN)/python -m bench.bench_hf
+	$(BIN)/python -m bench.bench_video
 
 # Every runtime variant of the encoder and decoder (torch, ONNX Runtime settings, int8), in one run.
 bench-onnx: $(VENV)/.tests

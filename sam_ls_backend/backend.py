@@ -1,14 +1,17 @@
 """The Label Studio-facing model: `SamBackend` answers /setup and /predict.
 
 A /predict with smart regions is read once (protocol/regions.py) and handed to the pipelines (pipelines/):
-clicks and rectangles become brush masks and/or polygons (whichever output controls the labeling config has
-for the image, or RESULT_TYPE forces); with SAM 3, a typed concept and rectangles find every instance, each
-with its score. A /predict without regions (a task opened) warms the embedding of its image.
+VideoRectangles are tracked through the task's video (SAM 2.1, SAM 3); clicks and rectangles become brush
+masks and/or polygons (whichever output controls the labeling config has for the image, or RESULT_TYPE
+forces); with SAM 3, a typed concept and rectangles find every instance, each with its score. A /predict
+without regions (a task opened) is offered to the pipelines' prelabel (a video task's drawn boxes are
+tracked), else warms the embedding of its image.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sam_ls_backend.embeddings.cache import EmbeddingCache
@@ -31,6 +34,7 @@ from sam_ls_backend.settings import Settings
 
 if TYPE_CHECKING:
     from sam_ls_backend.predictors.sam3 import ConceptSegmenter
+    from sam_ls_backend.predictors.video import VideoTracker
 
 __all__ = ["PredictStats", "SamBackend"]
 
@@ -49,8 +53,9 @@ class SamBackend:
     model_class = "SamBackend"
 
     def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None,
-                 concepts: ConceptSegmenter | None = None) -> None:
+                 concepts: ConceptSegmenter | None = None, video: Callable[[], VideoTracker] | None = None) -> None:
         self.settings = settings
+        self.video_loader = video  # loads the video tracker on the first video request
         self.predictor = predictor
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
         self.images = ImageSource(settings)
@@ -101,7 +106,8 @@ class SamBackend:
             if prompts:
                 work.append((pipeline, prompts))
         if not work:
-            raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from")
+            raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from "
+                                 "(nor a videorectangle to track)")
         predictions = [self._prediction([region for pipeline, prompts in work
                                          for region in pipeline.answer(request, task, prompts, stats)])
                        for task in request.tasks]
@@ -151,6 +157,11 @@ class SamBackend:
         context = params.get("context")
         if context is not None and not isinstance(context, dict):
             raise InvalidRequest("params.context must be an object or null")
+        if context and "event" in context:
+            raise InvalidRequest(f"params.context.event ({str(context['event'])[:40]!r}) is Label Studio Enterprise's "
+                                 "video tracking protocol, which this backend does not speak; it answers "
+                                 "context.result (a label clicked on a VideoRectangle) and tasks without context",
+                                 status=422)
         regions = context.get("result") if context else None
         request = Request(str(body.get("project")), tasks, self._label_config(body))
         return request, regions if regions not in (None, []) else None

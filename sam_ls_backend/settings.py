@@ -122,6 +122,20 @@ class Settings:
     # addresses; Label Studio's own host always may. Every other host must resolve to public addresses only.
     allowed_image_hosts: str = ""
 
+    # Video tasks (SAM_CHOICE=SAM2 or SAM3). A task's video is downloaded for each request within
+    # VIDEO_MAX_MB and VIDEO_DOWNLOAD_TIMEOUT; videos of more than VIDEO_MAX_FRAMES frames are refused.
+    video_max_mb: int = 1024
+    video_download_timeout: float = 30.0
+    video_max_frames: int = 30000
+    # Seconds one request may spend tracking (below Label Studio's 100 s wait): the frames left are tracked
+    # by the next request for the same objects, which continues where this one stopped.
+    video_time_budget: float = 45.0
+    # Tracked keyframes are sent only where Label Studio's linear interpolation between them would stray
+    # more than this many pixels from the tracked box; 0 sends every tracked frame.
+    video_keyframe_tolerance: float = 2.0
+    # Tracking state (memories of the last frames per object) kept per worker for continuation, in MB.
+    video_state_mb: int = 512
+
     # HTTP server.
     host: str = "0.0.0.0"
     port: int = 9090
@@ -188,7 +202,8 @@ class Settings:
             raise ConfigError("WARM_MAX_TASKS must be 0 or more")
         self._validate_answers()
         for name in ("embedding_cache_mb", "redis_ttl_hours", "image_max_mb", "image_max_megapixels", "request_max_mb",
-                     "workers", "threads", "image_total_timeout"):
+                     "workers", "threads", "image_total_timeout", "video_max_mb", "video_download_timeout",
+                     "video_max_frames", "video_time_budget", "video_state_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
 
@@ -201,7 +216,7 @@ class Settings:
             raise ConfigError("SCORE_THRESHOLD must be between 0 and 1")
         if self.polygon_max_vertices < 4:
             raise ConfigError("POLYGON_MAX_VERTICES must be 4 or more")
-        for name in ("min_area", "polygon_min_area", "polygon_tolerance"):
+        for name in ("min_area", "polygon_min_area", "polygon_tolerance", "video_keyframe_tolerance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must be 0 or more")
         self._validate_preannotation()

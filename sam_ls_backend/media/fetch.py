@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
+from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import requests
@@ -30,6 +32,17 @@ TOO_LARGE = 413
 FORBIDDEN = 403
 # URLs quoted in errors and logs are cut to this many characters.
 SHOWN_URL_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one download may be: its byte cap and whole-exchange deadline, with the settings naming them."""
+
+    max_bytes: int
+    max_setting: str  # e.g. "IMAGE_MAX_MB=64", quoted when the cap is passed
+    total_seconds: float
+    total_setting: str  # e.g. "IMAGE_TOTAL_TIMEOUT"
+    what: str = "task image"
 
 
 class ImageSource:
@@ -62,9 +75,27 @@ class ImageSource:
         if url.lower().startswith("data:"):
             return self._decode_data_uri(url)
         shown = _redact(url)
-        data = self._download(self._resolve(url, task_id, shown), shown)
-        logger.debug("read task image %s: %d bytes", shown, len(data))
-        return data
+        buffer = bytearray()
+        self._download(self._resolve(url, task_id, shown), shown, buffer, self._image_limits())
+        logger.debug("read task image %s: %d bytes", shown, len(buffer))
+        return bytes(buffer)
+
+    def save(self, url: str, task_id: int | None, target: BinaryIO, limits: Limits) -> int:
+        """Download what a task's media URL points to into `target` (an open file), within `limits`; the number
+        of bytes written. data: URIs are refused (no video fits in a task's JSON); errors as for `read`."""
+        url = url.strip()
+        if not url:
+            raise InvalidRequest(f"the {limits.what} URL is empty")
+        if url.lower().startswith("data:"):
+            raise InvalidRequest(f"the {limits.what} is a data: URI; give it a URL")
+        shown = _redact(url)
+        written = self._download(self._resolve(url, task_id, shown), shown, target, limits)
+        logger.debug("saved %s %s: %d bytes", limits.what, shown, written)
+        return written
+
+    def _image_limits(self) -> Limits:
+        return Limits(self._max_bytes, f"IMAGE_MAX_MB={self._settings.image_max_mb}",
+                      self._settings.image_total_timeout, "IMAGE_TOTAL_TIMEOUT")
 
     def authorization(self, url: str) -> str | None:
         """The Authorization header a request to `url` may carry: Label Studio's credentials, on its host only."""
@@ -74,21 +105,22 @@ class ImageSource:
         """The http(s) URL to start downloading from: LS-relative paths and cloud URIs go through Label Studio."""
         return self.label_studio.resolve(url, task_id, shown)
 
-    def _download(self, url: str, shown: str) -> bytes:
-        """The whole exchange, redirects included, within IMAGE_TOTAL_TIMEOUT and the address rules."""
-        total = self._settings.image_total_timeout
+    def _download(self, url: str, shown: str, sink: bytearray | BinaryIO, limits: Limits) -> int:
+        """The whole exchange, redirects included, into `sink` within the limits' deadline and the address rules."""
+        total = limits.total_seconds
         with Download(self._may_reach_internal, total) as download:
             try:
-                data = self._follow(url, shown)
+                written = self._follow(url, shown, sink, limits)
             except ImageFetchError:
                 if not download.expired:
                     raise
-                data = b""
-            if download.expired:  # whatever came before the sockets were shut down is not the whole image
-                raise ImageTimeout(f"task image '{shown}' did not download within {total:g} s (IMAGE_TOTAL_TIMEOUT)")
-        return data
+                written = 0
+            if download.expired:  # whatever came before the sockets were shut down is not the whole file
+                raise ImageTimeout(f"{limits.what} '{shown}' did not download within {total:g} s "
+                                   f"({limits.total_setting})")
+        return written
 
-    def _follow(self, url: str, shown: str) -> bytes:
+    def _follow(self, url: str, shown: str, sink: bytearray | BinaryIO, limits: Limits) -> int:
         """Follow redirects by hand, so credentials are decided again for every host on the way."""
         for _ in range(MAX_REDIRECTS + 1):
             if url_scheme(url) not in HTTP_SCHEMES:
@@ -96,7 +128,7 @@ class ImageSource:
             response = self._get(url, shown)
             if not response.is_redirect:
                 with response:
-                    return self._body(response, url, shown)
+                    return self._body(response, url, shown, sink, limits)
             response.close()
             try:
                 url = urljoin(url, response.headers["Location"])
@@ -129,24 +161,28 @@ class ImageSource:
                 f"({refused.kind} address): images are fetched from internal addresses only on Label Studio's host "
                 "and the hosts listed in ALLOWED_IMAGE_HOSTS", status=FORBIDDEN) from None
 
-    def _body(self, response: requests.Response, url: str, shown: str) -> bytes:
-        """The response's bytes, refusing an error status and stopping as soon as IMAGE_MAX_MB is passed."""
+    def _body(self, response: requests.Response, url: str, shown: str, sink: bytearray | BinaryIO,
+              limits: Limits) -> int:
+        """The response's bytes into `sink`, refusing an error status and stopping as soon as the cap is passed."""
         if not 200 <= response.status_code < 300:
             raise self._refused(response.status_code, url, shown)
-        too_large = InvalidImage(f"task image '{shown}' is larger than IMAGE_MAX_MB={self._settings.image_max_mb}",
-                                 status=TOO_LARGE)
+        too_large = InvalidImage(f"{limits.what} '{shown}' is larger than {limits.max_setting}", status=TOO_LARGE)
         length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self._max_bytes:
+        if length.isdigit() and int(length) > limits.max_bytes:
             raise too_large
-        data = bytearray()
+        written = 0
         try:
             for chunk in response.iter_content(CHUNK_BYTES):
-                data += chunk
-                if len(data) > self._max_bytes:
+                written += len(chunk)
+                if written > limits.max_bytes:
                     raise too_large
+                if isinstance(sink, bytearray):
+                    sink += chunk
+                else:
+                    sink.write(chunk)
         except requests.RequestException as exc:
             raise self._network_error(exc, url, shown) from None
-        return bytes(data)
+        return written
 
     def _refused(self, status: int, url: str, shown: str) -> ImageFetchError:
         """The error for an upstream error status; says how to fix Label Studio credentials when they are the cause."""

@@ -10,12 +10,14 @@ line go to `PredictStats`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sam_ls_backend.embeddings.lookup import ImageEmbeddings
 from sam_ls_backend.embeddings.refinement import RefinementHistory
 from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.media.fetch import ImageSource
 from sam_ls_backend.predictors.base import Predictor
 from sam_ls_backend.protocol.label_config import LabelConfig
 from sam_ls_backend.protocol.polygons import PolygonOptions
@@ -77,6 +79,8 @@ class Backend(Protocol):
     polygon_options: PolygonOptions
     concepts: Any  # SAM 3's ConceptSegmenter, else None
     concept_embeddings: ImageEmbeddings | None
+    images: ImageSource  # downloads task media the way Label Studio serves them
+    video_loader: Callable[[], Any] | None  # loads the video tracker (predictors/video.py), else None
 
 
 class PipelineFactory(Protocol):

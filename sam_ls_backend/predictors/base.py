@@ -9,7 +9,7 @@ This module imports neither torch nor onnxruntime.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -93,11 +93,15 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """What a SAM_CHOICE serves: the predictor clicks go to, and SAM 3's concept detector (a
-    `predictors.sam3.ConceptSegmenter`) or None."""
+    """What a SAM_CHOICE serves: the predictor clicks go to, SAM 3's concept detector (a
+    `predictors.sam3.ConceptSegmenter`) or None, and how to load its video tracker (a
+    `predictors.video.VideoTracker`) or None. The tracker is loaded on the first video request, not at
+    start-up: it holds a second copy of the image model's weights, which a project without videos should not
+    pay for."""
 
     predictor: Predictor
     concepts: Any = None
+    video: Callable[[], Any] | None = None
 
 
 def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence[Prompt],

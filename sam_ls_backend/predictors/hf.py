@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,13 @@ from sam_ls_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 def load_sam2(settings: Settings, folder: ModelFile) -> LoadedModels:
-    """SAM_CHOICE=SAM2: SAM 2 / 2.1 from its local Hugging Face folder, ready for clicks."""
-    return LoadedModels(load_prompt_predictor(settings, folder, "Sam2Model", "Sam2Processor", "sam2"))
+    """SAM_CHOICE=SAM2: SAM 2 / 2.1 from its local Hugging Face folder, ready for clicks; its video tracker
+    (`Sam2VideoModel`, from the same folder) loads on the first video request."""
+    from sam_ls_backend.predictors.video import load_video_tracker
+
+    return LoadedModels(load_prompt_predictor(settings, folder, "Sam2Model", "Sam2Processor", "sam2"),
+                        video=partial(load_video_tracker, settings, folder, "Sam2VideoModel", "Sam2VideoProcessor",
+                                      "sam2"))
 
 
 def load_prompt_predictor(settings: Settings, folder: ModelFile, model_class: str, processor_class: str,

@@ -113,6 +113,9 @@ class OnnxModelSpec(ModelSpec):
         return [self.main_file(settings).path, mobile_sam_checkpoint(settings).path, sam_checkpoint(settings).path]
 
 
+# The choices whose models track objects through videos.
+VIDEO_MODELS = ("SAM2", "SAM3")
+
 MODELS: dict[str, ModelSpec] = {
     # MobileSAM: on a CPU, ONNX Runtime fp32 is the faster exact runtime (README, Runtime).
     "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam", "onnx_cache:load_mobile_sam",

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from sam_ls_backend.lru import LRU
 from sam_ls_backend.predictors.base import Embedding, LoadedModels
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.hf import import_transformers, load_pretrained, load_prompt_predictor
+from sam_ls_backend.predictors.video import load_video_tracker
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ def load_sam3(settings: Settings, folder: ModelFile) -> LoadedModels:
     tracker = load_prompt_predictor(settings, folder, "Sam3TrackerModel", "Sam3TrackerProcessor", "sam3")
     concepts = load_concept_segmenter(settings, folder)
     share_backbone(concepts, tracker)
-    return LoadedModels(tracker, concepts)
+    video = partial(load_video_tracker, settings, folder, "Sam3TrackerVideoModel", "Sam3TrackerVideoProcessor",
+                    "sam3")
+    return LoadedModels(tracker, concepts, video)
 
 
 def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegmenter:

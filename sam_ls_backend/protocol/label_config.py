@@ -8,7 +8,8 @@ which regions are prompts is the region reader's (regions.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 from xml.etree.ElementTree import Element
 
@@ -18,6 +19,7 @@ from defusedxml.common import DefusedXmlException
 from sam_ls_backend.errors import InvalidRequest
 
 MAX_CONFIG_CHARS = 1_000_000
+DEFAULT_FRAMERATE = 24.0  # Label Studio's <Video> framerate when the tag sets none
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,9 @@ class LabelConfig:
     """The parts of a labeling config the backend needs, by `Image` name."""
 
     image_fields: dict[str, str]  # Image name -> task data key ("$image" -> "image")
-    controls: dict[str, tuple[Control, ...]]  # Image name -> the controls pointing at it, in config order
+    controls: dict[str, tuple[Control, ...]]  # Image (or Video) name -> the controls pointing at it, in order
+    video_fields: dict[str, str] = field(default_factory=dict)  # Video name -> task data key
+    framerates: dict[str, float] = field(default_factory=dict)  # Video name -> its framerate attribute
 
     def image_field(self, to_name: str) -> str:
         """The task data key holding the image the regions are drawn on."""
@@ -67,6 +71,8 @@ def parse_label_config(xml: str) -> LabelConfig:
     except (ElementTree.ParseError, DefusedXmlException) as error:
         raise InvalidRequest(f"label_config is not valid XML: {error}") from None
     images: dict[str, str] = {}
+    videos: dict[str, str] = {}
+    framerates: dict[str, float] = {}
     controls: dict[str, list[Control]] = {}
     for tag in root.iter():
         kind = str(tag.tag)
@@ -77,11 +83,26 @@ def parse_label_config(xml: str) -> LabelConfig:
             value = tag.get("value", "")
             if value.startswith("$") and len(value) > 1:
                 images[name] = value[1:]
+        elif kind.lower() == "video":
+            value = tag.get("value", "")
+            if value.startswith("$") and len(value) > 1:
+                videos[name] = value[1:]
+                framerates[name] = _framerate(tag.get("framerate"))
         elif tag.get("toName"):
             control = Control(name=name, tag=kind, labels=_labels(tag), smart=_is_smart(tag), concepts=_concepts(tag))
             for target in _targets(tag):
                 controls.setdefault(target, []).append(control)
-    return LabelConfig(image_fields=images, controls={name: tuple(found) for name, found in controls.items()})
+    return LabelConfig(image_fields=images, controls={name: tuple(found) for name, found in controls.items()},
+                       video_fields=videos, framerates=framerates)
+
+
+def _framerate(raw: str | None) -> float:
+    """A `<Video>` tag's framerate attribute; Label Studio's default when absent or not a positive number."""
+    try:
+        rate = float(raw) if raw is not None else DEFAULT_FRAMERATE
+    except ValueError:
+        return DEFAULT_FRAMERATE
+    return rate if math.isfinite(rate) and rate > 0 else DEFAULT_FRAMERATE
 
 
 def _targets(tag: Element) -> list[str]:

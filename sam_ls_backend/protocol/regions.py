@@ -4,14 +4,16 @@ Label Studio sends keypoints and rectangles in percent (0–100) of the original
 is its centre, a rectangle's (x, y) its top-left corner, rotated by `rotation` degrees (clockwise on screen)
 about that corner in pixels, so a rotated rectangle's bounding box depends on the image's aspect ratio.
 A region is negative when it says `is_positive: false` or its label is listed in NEGATIVE_LABELS. A TextArea
-answer on an image is typed text (SAM 3 concepts and thresholds). Regions of other types are skipped.
+answer on an image is typed text (SAM 3 concepts and thresholds). A VideoRectangle is an object on a video:
+its keyframes (`value.sequence`, frames 1-based, boxes in percent of the frame) are kept as sent, sorted by
+frame, one per frame (the last sent wins). Regions of other types are skipped.
 A faulty region is the client's error (`InvalidRequest`), named by its index.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sam_ls_backend.errors import InvalidRequest
@@ -20,6 +22,8 @@ Box = tuple[float, float, float, float]
 
 MAX_REGIONS = 1000
 MAX_TEXT_CHARS = 200
+MAX_KEYFRAMES = 100_000
+MAX_FRAME = 10**9
 
 
 @dataclass(frozen=True)
@@ -61,15 +65,43 @@ class TypedText:
 
 
 @dataclass(frozen=True)
+class VideoKeyframe:
+    """One keyframe of a VideoRectangle: its frame (1-based) and box (percent, rotated by `rotation` degrees
+    about its top-left corner), `enabled` false where the box ends; `sent` is the keyframe exactly as sent."""
+
+    frame: int
+    x: float
+    y: float
+    width: float
+    height: float
+    rotation: float
+    enabled: bool
+    sent: dict = field(compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class VideoRectangle:
+    """A VideoRectangle region: one object on a video, its keyframes sorted by frame, one per frame."""
+
+    id: str
+    from_name: str
+    to_name: str
+    label: str | None
+    frames_count: int | None
+    keyframes: tuple[VideoKeyframe, ...]
+
+
+@dataclass(frozen=True)
 class Regions:
     """The prompting regions of one request, each kind in the annotator's order."""
 
     keypoints: tuple[Keypoint, ...] = ()
     rectangles: tuple[Rectangle, ...] = ()
     texts: tuple[TypedText, ...] = ()
+    video_rectangles: tuple[VideoRectangle, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.keypoints or self.rectangles or self.texts)
+        return bool(self.keypoints or self.rectangles or self.texts or self.video_rectangles)
 
 
 def read_regions(regions: Any, negative_labels: frozenset[str] = frozenset()) -> Regions:
@@ -81,6 +113,7 @@ def read_regions(regions: Any, negative_labels: frozenset[str] = frozenset()) ->
     keypoints: list[Keypoint] = []
     rectangles: list[Rectangle] = []
     texts: list[TypedText] = []
+    videos: list[VideoRectangle] = []
     for index, region in enumerate(regions):
         where = f"context.result[{index}]"
         if isinstance(region, dict) and region.get("type") == "textarea":
@@ -88,12 +121,81 @@ def read_regions(regions: Any, negative_labels: frozenset[str] = frozenset()) ->
             if typed.text:
                 texts.append(typed)
             continue
+        if isinstance(region, dict) and region.get("type") == "videorectangle":
+            videos.append(read_video_rectangle(region, where))
+            continue
         parsed = _parse_region(region, where, negative_labels)
         if isinstance(parsed, Keypoint):
             keypoints.append(parsed)
         elif isinstance(parsed, Rectangle):
             rectangles.append(parsed)
-    return Regions(tuple(keypoints), tuple(rectangles), tuple(texts))
+    return Regions(tuple(keypoints), tuple(rectangles), tuple(texts), tuple(videos))
+
+
+def read_video_rectangle(region: dict, where: str) -> VideoRectangle:
+    """One VideoRectangle region (from `context.result`, or from a draft or annotation), checked."""
+    region_id = region.get("id")
+    if not isinstance(region_id, str) or not region_id:
+        raise InvalidRequest(f"{where}.id must name the region (its answer replaces that region's keyframes)")
+    names = {}
+    for key in ("from_name", "to_name"):
+        name = region.get(key)
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}.{key} must name the {'VideoRectangle' if key == 'from_name' else 'Video'}")
+        names[key] = name
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}.value must be an object")
+    label = _label(value, "labels", where)
+    frames_count = value.get("framesCount")
+    if frames_count is not None:
+        frames_count = int(_number(frames_count, f"{where}.value.framesCount", 1, MAX_FRAME))
+    sequence = value.get("sequence")
+    if not isinstance(sequence, list) or not sequence:
+        raise InvalidRequest(f"{where}.value.sequence must be a non-empty list of keyframes")
+    if len(sequence) > MAX_KEYFRAMES:
+        raise InvalidRequest(f"{where}.value.sequence has {len(sequence)} keyframes; at most {MAX_KEYFRAMES}")
+    by_frame = {}
+    for position, item in enumerate(sequence):
+        keyframe = _keyframe(item, f"{where}.value.sequence[{position}]", frames_count)
+        by_frame[keyframe.frame] = keyframe
+    return VideoRectangle(region_id, names["from_name"], names["to_name"], label, frames_count,
+                          tuple(by_frame[frame] for frame in sorted(by_frame)))
+
+
+def _keyframe(item: Any, where: str, frames_count: int | None) -> VideoKeyframe:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{where} must be an object")
+    frame = item.get("frame")
+    if isinstance(frame, float) and frame.is_integer():
+        frame = int(frame)
+    if isinstance(frame, bool) or not isinstance(frame, int) or not 1 <= frame <= MAX_FRAME:
+        raise InvalidRequest(f"{where}.frame must be a frame number from 1, not {frame!r}")
+    if frames_count is not None and frame > frames_count:
+        raise InvalidRequest(f"{where}.frame is {frame}, past the video's framesCount {frames_count}")
+    x = _number(item.get("x"), f"{where}.x", -100, 200)
+    y = _number(item.get("y"), f"{where}.y", -100, 200)
+    width = _number(item.get("width"), f"{where}.width", 0, 200)
+    height = _number(item.get("height"), f"{where}.height", 0, 200)
+    rotation = _number(item.get("rotation", 0) or 0, f"{where}.rotation", -360, 360)
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidRequest(f"{where}.enabled must be true or false")
+    return VideoKeyframe(frame, x, y, width, height, rotation, enabled, dict(item))
+
+
+def box_in_pixels(keyframe: VideoKeyframe, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """A keyframe's box as (x0, y0, x1, y1) pixels of a width×height frame (a rotated box: its bounding box),
+    clipped to the frame; None when nothing of it is on the frame."""
+    if keyframe.rotation % 360 == 0:
+        box = (keyframe.x, keyframe.y, keyframe.x + keyframe.width, keyframe.y + keyframe.height)
+    else:
+        box = _bounding_box(keyframe.x, keyframe.y, keyframe.width, keyframe.height, keyframe.rotation,
+                            width / height)
+    x0, y0, x1, y1 = (min(max(v, 0.0), 100.0) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0 * width / 100, y0 * height / 100, x1 * width / 100, y1 * height / 100)
 
 
 def _parse_region(region: Any, where: str, negative_labels: frozenset[str]) -> Keypoint | Rectangle | None:

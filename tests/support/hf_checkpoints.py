@@ -7,6 +7,7 @@ downloaded: the SAM 3 processor's CLIP tokenizer is a small BPE built in code.
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
@@ -15,6 +16,10 @@ from transformers import (
     Sam2ImageProcessor,
     Sam2Model,
     Sam2Processor,
+    Sam2VideoConfig,
+    Sam2VideoModel,
+    Sam2VideoProcessor,
+    Sam2VideoVideoProcessor,
     Sam3ImageProcessor,
     Sam3Processor,
     Sam3VideoConfig,
@@ -72,11 +77,14 @@ def _sam2_config(size: str) -> Sam2Config:
     )
 
 
-def _sam3_config(size: str) -> Sam3VideoConfig:
+def _sam3_config(size: str, dim: int = 16) -> Sam3VideoConfig:
+    """SAM 3's config; tiny ones are `dim` wide (the tracker's video memory needs dim > 64, see
+    `_sam2_video_config`)."""
     _check_size(size)
     if size == "real":
         return Sam3VideoConfig()  # the transformers defaults are facebook/sam3
-    image, dim, grid = SAM3_TINY_IMAGE, 16, SAM3_TINY_IMAGE // SAM3_PATCH
+    image, grid = SAM3_TINY_IMAGE, SAM3_TINY_IMAGE // SAM3_PATCH
+    memory = 64 if dim > 64 else dim // 2
     vision = {  # shared: the tracker reuses the detector's ViT, with its own neck (tracker_neck)
         "backbone_config": {
             "model_type": "sam3_vit_model",
@@ -131,7 +139,7 @@ def _sam3_config(size: str) -> Sam3VideoConfig:
         "memory_attention_num_layers": 1,
         "memory_attention_feed_forward_hidden_size": 2 * dim,
         "memory_encoder_hidden_size": dim,
-        "memory_encoder_output_channels": 8,
+        "memory_encoder_output_channels": memory,
         "mask_downsampler_embed_dim": dim,
         "mask_downsampler_stride": 4,  # same total stride 16 in two steps instead of four
         "memory_fuser_embed_dim": dim,
@@ -175,16 +183,107 @@ def save_sam2_folder(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
     return Path(folder)
 
 
-def save_sam3_folder(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
+def save_sam3_folder(folder: Path, size: str = "tiny", seed: int = 0, dim: int = 16,
+                     object_score_bias: float = 0.0) -> Path:
     """Save a seeded random Sam3VideoModel checkpoint + Sam3Processor folder laid out like facebook/sam3, from
-    which Sam3Model, Sam3Processor, Sam3TrackerModel and Sam3TrackerProcessor all load, as from the real one."""
-    config = _sam3_config(size)
+    which Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor and the video models and
+    processors (Sam3TrackerVideoModel, Sam3VideoModel) all load, as from the real one. Tracking through a video
+    needs a tiny folder at least `dim=128` wide; `object_score_bias` keeps its tracker's objects found (see
+    `save_sam2_video_folder`)."""
+    config = _sam3_config(size, dim)
     torch.manual_seed(seed)
     # save_original_format=False keeps the native detector_model./tracker_model./tracker_neck. keys of the hub
     # checkpoint; the default "revert" of the sam3_tracker renaming would nest them as tracker_model.tracker_model.
-    Sam3VideoModel(config).save_pretrained(folder, save_original_format=False)
+    model = Sam3VideoModel(config)
+    if object_score_bias:
+        with torch.no_grad():
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += object_score_bias
+    model.save_pretrained(folder, save_original_format=False)
     image = config.image_size
     image_processor = Sam3ImageProcessor(**_image_sizes(image, 4 * image // SAM3_PATCH))
     tokenizer = _tokenizer(config.detector_config.text_config.vocab_size)
     Sam3Processor(image_processor, tokenizer).save_pretrained(folder)
+    # The hub folder also holds the video preprocessor the SAM 3 video processors load with.
+    Sam2VideoVideoProcessor(**_image_sizes(image, 4 * image // SAM3_PATCH)).save_pretrained(folder)
     return Path(folder)
+
+
+def _sam2_video_config(size: str) -> Sam2VideoConfig:
+    """The SAM 2.1 video model config (model_type sam2_video, as facebook/sam2.1-hiera-* hold), tiny or real."""
+    _check_size(size)
+    if size == "real":
+        return Sam2VideoConfig()  # the transformers defaults are facebook/sam2.1-hiera-tiny
+    # Its memory attention reads 64 channels of memory whatever the config, and splits each object pointer
+    # (hidden wide) into hidden / 64 tokens, which fails unless hidden > 64: the tiny tracker is 128 wide and
+    # keeps 64-channel memories, where the tiny image model is 32 wide.
+    image, dim, memory = _sam2_config("tiny"), 128, 64
+    vision = image.vision_config.to_dict() | {"fpn_hidden_size": dim}
+    return Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=image.prompt_encoder_config.to_dict() | {"hidden_size": dim},
+        mask_decoder_config=image.mask_decoder_config.to_dict() | {"hidden_size": dim},
+        image_size=SAM2_TINY_IMAGE,
+        memory_attention_hidden_size=dim,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=2 * dim,
+        memory_attention_rope_feat_sizes=[SAM2_TINY_IMAGE // 16] * 2,
+        memory_encoder_hidden_size=dim,
+        memory_encoder_output_channels=memory,
+        mask_downsampler_embed_dim=dim,
+        memory_fuser_embed_dim=dim,
+        memory_fuser_intermediate_dim=2 * dim,
+    )
+
+
+def save_sam2_video_folder(folder: Path, size: str = "tiny", seed: int = 0, object_score_bias: float = 0.0) -> Path:
+    """Save a seeded random Sam2VideoModel + Sam2VideoProcessor folder laid out like facebook/sam2.1-hiera-tiny
+    (model_type sam2_video), from which Sam2Model (clicks) and Sam2VideoModel (tracking) both load.
+
+    `object_score_bias` is added to the bias of the object-score head's last layer: random weights score every
+    object about -1 after the first frame (lost, empty masks); a positive bias keeps objects found."""
+    config = _sam2_video_config(size)
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(config)
+    if object_score_bias:
+        with torch.no_grad():
+            model.mask_decoder.pred_obj_score_head.proj_out.bias += object_score_bias
+    model.save_pretrained(folder)
+    image = config.image_size
+    sizes = _image_sizes(image, image // 4)
+    Sam2VideoProcessor(Sam2ImageProcessor(**sizes), Sam2VideoVideoProcessor(**sizes)).save_pretrained(folder)
+    return Path(folder)
+
+
+def locate_sam2_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray) -> float:
+    """Make a random-weight Sam2VideoModel folder's masks located: every mask becomes the pixels a linear probe
+    on the backbone's finest features (the decoder's skip connection, which memory attention does not touch)
+    finds to be foreground, fitted by least squares to `masks` (frames×H×W bool) on `frames` (frames×H×W×3
+    uint8). The decoder's other paths are cut: masks then follow the image, not the prompt, which is enough to
+    make every frame's mask a small located region. Returns the probe's pixel accuracy on the low-res grid."""
+    model = Sam2VideoModel.from_pretrained(folder, local_files_only=True).eval()
+    processor = Sam2VideoProcessor.from_pretrained(folder, local_files_only=True)
+    pixels = processor.video_processor(videos=[frames], return_tensors="pt").pixel_values_videos[0]
+    with torch.no_grad():
+        features = model.vision_encoder(pixels).fpn_hidden_states[0]  # frames×C×h×w
+    count, channels, height, width = features.shape
+    targets = torch.nn.functional.interpolate(torch.as_tensor(masks[:, None], dtype=torch.float32),
+                                              size=(height, width), mode="area")[:, 0] > 0.5
+    inputs = torch.cat([features.permute(0, 2, 3, 1).reshape(-1, channels), torch.ones(count * height * width, 1)], 1)
+    wanted = targets.reshape(-1, 1).float() * 2 - 1
+    ridge = 1e-3 * torch.eye(channels + 1)
+    solution = torch.linalg.solve(inputs.T @ inputs + ridge, inputs.T @ wanted)[:, 0]
+    accuracy = float(((inputs @ solution > 0) == targets.reshape(-1)).float().mean())
+    decoder = model.mask_decoder
+    with torch.no_grad():
+        decoder.conv_s0.weight.zero_()
+        decoder.conv_s0.bias.zero_()
+        decoder.conv_s0.weight[0, :, 0, 0] = 10 * solution[:-1]
+        decoder.conv_s0.bias[0] = 10 * solution[-1]
+        decoder.upscale_conv2.weight.zero_()
+        decoder.upscale_conv2.bias.zero_()
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.zero_()
+            mlp.proj_out.bias.zero_()
+            mlp.proj_out.bias[0] = 1.0
+    model.save_pretrained(folder)
+    return accuracy

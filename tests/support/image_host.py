@@ -50,6 +50,11 @@ class ImageHost:
         self.files[path] = buffer.getvalue()
         return path
 
+    def add_bytes(self, path: str, data: bytes) -> str:
+        """Serve `data` as they are (a video, a broken file) at `path`; returns the path."""
+        self.files[path] = data
+        return path
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
