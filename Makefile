@@ -15,7 +15,7 @@ export MALLOC_ARENA_MAX = 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast lint bench bench-memory load check redis-server chromium clean-venv
+.PHONY: run test test-fast lint bench bench-ui screenshots bench-memory load check redis-server chromium clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -41,6 +41,12 @@ bench: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_rle
 	$(BIN)/python -m bench.bench_polygons
 	$(BIN)/python -m bench.bench_hf
+
+bench-ui: $(VENV)/.tests chromium
+	$(BIN)/python -m bench.bench_ui
+
+screenshots: $(VENV)/.tests chromium
+	$(BIN)/python -m bench.screenshots
 
 bench-memory: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_memory
