@@ -15,7 +15,7 @@ export MALLOC_ARENA_MAX = 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast lint bench bench-onnx bench-memory load check redis-server chromium clean-venv
+.PHONY: run test test-fast lint bench bench-onnx bench-ui screenshots bench-memory load check redis-server chromium clean-venv
 
 run: $(VENV)/.runtime
 	@if [ -z "$${SAM_CHOICE:-}" ] || [ "$${SAM_CHOICE}" = "MobileSAM" ]; then \
@@ -46,6 +46,12 @@ bench: $(VENV)/.tests
 # Every runtime variant of the encoder and decoder (torch, ONNX Runtime settings, int8), in one run.
 bench-onnx: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_onnx
+
+bench-ui: $(VENV)/.tests chromium
+	$(BIN)/python -m bench.bench_ui
+
+screenshots: $(VENV)/.tests chromium
+	$(BIN)/python -m bench.screenshots
 
 bench-memory: $(VENV)/.tests
 	$(BIN)/python -m bench.bench_memory

@@ -109,6 +109,7 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
         if response.status_code >= 400:
             metrics.errors.labels(kind=g.get("error_kind", "HTTPError")).inc()
         _log_request(route, response, elapsed)
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.1f}"  # what the backend spent, in ms
         _discard_unread_body(app.config["MAX_CONTENT_LENGTH"])
         return response
 

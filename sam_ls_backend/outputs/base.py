@@ -55,5 +55,6 @@ def region(shape: tuple[int, ...], control: Control, to_name: str, score: float,
 
 
 def labels_for(label: str | None, control: Control) -> list[str]:
-    """The prompt's label, else the control's first label."""
-    return [label] if label else list(control.labels[:1])
+    """The prompt's label when `control` has it, else the control's first label: Label Studio stores a label
+    its config lacks anyway, and draws it without a name."""
+    return [label] if label and label in control.labels else list(control.labels[:1])

@@ -1,15 +1,20 @@
 """Clicks and rectangles: SAM segments one object per prompt, on the embedding of the task's image.
 
-The objects of one image are decoded together; an object whose prompts extend the previous request's on
-the same image is refined from that answer (embeddings/refinement.py). Masks below SCORE_THRESHOLD are
-dropped; negative rectangles are cut out; islands and holes under MIN_AREA are removed.
+The objects of one image are decoded together. The refinement history (embeddings/refinement.py) says which
+object each prompt is: a new one, or a remembered one it refines (the previous answer as `mask_input`, the
+remembered clicks and box added); an object's result regions carry its object id (the first region exactly
+that id, further ones `<id>_<n>`), so Label Studio's page replaces the object's region instead of adding
+one. Masks below SCORE_THRESHOLD are dropped; negative rectangles are cut out; islands and holes under
+MIN_AREA are removed.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
+from sam_ls_backend.embeddings.refinement import Draft, Planned
 from sam_ls_backend.metrics import DECODER_SECONDS
 from sam_ls_backend.outputs import output_controls, to_results
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
@@ -49,29 +54,34 @@ class ClickPipeline:
             url = image_url(task, request.config.image_field(to_name))
             embedding = self._embedding(url, task.get("id"), stats)
             key = (request.project, str(task.get("id")), url, to_name)
-            answers = self._decode(embedding, key, objects, stats)
-            for prompt, answer in zip(objects, answers):
+            planned = self.backend.history.plan(key, objects, drafts_of(task))
+            if not planned:
+                continue
+            answers = self._decode(embedding, planned, stats)
+            self.backend.history.remember(key, objects, planned, answers)
+            for plan, answer in zip(planned, answers):
                 threshold = self.settings.score_threshold  # 0 is off: random weights even score below 0
                 if threshold > 0 and answer.score < threshold:
                     stats.below_threshold += 1
                     continue
+                prompt = plan.prompt
                 mask = remove_small_regions(prompt.cut_negative_boxes(answer.mask), self.settings.min_area)
-                results += to_results(mask, prompt.label, controls, to_name, answer.score,
-                                      self.backend.polygon_options)
+                regions = to_results(mask, prompt.label, controls, to_name, answer.score,
+                                     self.backend.polygon_options)
+                results += with_object_id(regions, plan.object_id)
         return results
 
-    def _decode(self, embedding: Embedding, key: tuple, objects: list[Prompt], stats: PredictStats) -> list[MaskResult]:
-        """SAM's answers for the objects of one image, refining the previous round's when these prompts extend it."""
-        predictor, history = self.backend.predictor, self.backend.history
-        refinable = hasattr(predictor, "predict_batch")
-        mask_inputs = history.mask_inputs(key, objects) if refinable else [None] * len(objects)
+    def _decode(self, embedding: Embedding, planned: list[Planned], stats: PredictStats) -> list[MaskResult]:
+        """SAM's answers for the planned objects of one image, each from its `mask_input` when it has one."""
+        predictor = self.backend.predictor
+        mask_inputs = [plan.mask_input for plan in planned]
+        if not hasattr(predictor, "predict_batch"):
+            mask_inputs = [None] * len(planned)
         started = time.perf_counter()
-        answers = decode_objects(predictor, embedding, objects, mask_inputs)
-        per_object = (time.perf_counter() - started) / len(objects)
-        for _ in objects:
+        answers = decode_objects(predictor, embedding, [plan.prompt for plan in planned], mask_inputs)
+        per_object = (time.perf_counter() - started) / len(planned)
+        for _ in planned:
             DECODER_SECONDS.observe(per_object)
-        if refinable:
-            history.remember(key, objects, mask_inputs, answers)
         stats.refined += sum(mask is not None for mask in mask_inputs)
         return answers
 
@@ -84,3 +94,33 @@ class ClickPipeline:
         else:
             stats.encoder_runs += 1
         return embedding
+
+
+def with_object_id(regions: list[dict], object_id: str) -> list[dict]:
+    """The regions of one object with ids derived from its object id: `<id>`, then `<id>_1`, `<id>_2`, ..."""
+    for index, region in enumerate(regions):
+        region["id"] = object_id if index == 0 else f"{object_id}_{index}"
+    return regions
+
+
+def drafts_of(task: dict) -> list[Draft]:
+    """The task's drafts as sent by Label Studio (`tasks[i].drafts`): when each was saved and its region ids.
+
+    Drafts are only a hint: one whose time or results cannot be read is left out.
+    """
+    drafts = task.get("drafts")
+    found = []
+    for draft in drafts if isinstance(drafts, list) else []:
+        if not isinstance(draft, dict):
+            continue
+        stamp = draft.get("updated_at") or draft.get("created_at")
+        try:
+            saved_at = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        result = draft.get("result")
+        regions = [region for region in (result if isinstance(result, list) else []) if isinstance(region, dict)]
+        ids = frozenset(str(region["id"]) for region in regions if region.get("id") is not None)
+        smart = any(region.get("type") in ("keypointlabels", "rectanglelabels") for region in regions)
+        found.append(Draft(saved_at, ids, smart))
+    return found

@@ -7,10 +7,15 @@ typed on a task is remembered for it: later rectangles and thresholds on that ta
 Under PREANNOTATE=concepts a task sent without regions is labelled with no one typing: every label of the
 image's output controls is a concept (its `<Label concept="...">` phrase when it has one), found on one encoder
 run of the image; each instance above the threshold is a region with that label and its score.
+
+Instance regions carry ids made from (project, task, image, concept, rank of the instance): a new threshold
+for the same concept answers the same ids, so Label Studio's page replaces those regions instead of adding
+them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from functools import partial
 from typing import TYPE_CHECKING
@@ -21,6 +26,7 @@ from sam_ls_backend.lru import LRU
 from sam_ls_backend.metrics import DECODER_SECONDS
 from sam_ls_backend.outputs import images_with_outputs, output_controls, to_results
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
+from sam_ls_backend.pipelines.clicks import with_object_id
 from sam_ls_backend.predictors.base import Embedding
 from sam_ls_backend.protocol.concepts import ConceptPrompt, concept_prompts
 from sam_ls_backend.protocol.label_config import Control
@@ -92,9 +98,11 @@ class ConceptPipeline:
             boxes = [tuple(v * s for v, s in zip(box, scale)) for box in concept.boxes]
             detections = self._detections(url, embedding, text, boxes, tuple(concept.box_labels), stats)
             label = concept_label(text, concept.label, [control for _, control in controls])
-            for instance in self.segmenter.instances(detections, threshold):
+            for rank, instance in enumerate(self.segmenter.instances(detections, threshold)):
                 mask = remove_small_regions(instance.mask, self.settings.min_area)
-                results += to_results(mask, label, controls, concept.to_name, instance.score, self.polygon_options)
+                regions = to_results(mask, label, controls, concept.to_name, instance.score, self.polygon_options)
+                where = (request.project, task_id, concept.to_name, text, rank)
+                results += with_object_id(regions, instance_id(*where))
         return results
 
     def _detections(self, url: str, embedding: Embedding, text: str, boxes: list[tuple[float, ...]],
@@ -122,8 +130,11 @@ class ConceptPipeline:
         """The concept and threshold for this request: typed now, else typed earlier on the task, else the label."""
         key = (project, str(task.get("id")), concept.to_name)
         text, threshold = self.typed.get(key) or (None, None)
-        text = concept.text or text or concept.label
-        threshold = concept.threshold if concept.threshold is not None else threshold
+        if concept.text:  # typed now: its threshold is the one typed after it, if any
+            text, threshold = concept.text, concept.threshold
+        else:
+            text = text or concept.label
+            threshold = concept.threshold if concept.threshold is not None else threshold
         if text:
             self.typed.put(key, (text, threshold))
         if not text:
@@ -132,6 +143,13 @@ class ConceptPipeline:
         if threshold is None:
             threshold = self.settings.score_threshold or DEFAULT_CONCEPT_THRESHOLD
         return text, threshold
+
+
+def instance_id(project: str, task_id: object, to_name: str, concept: str, rank: int) -> str:
+    """The region id of the `rank`-th instance (best first) of `concept` on a task's image: stable across
+    thresholds, so a new threshold replaces the regions it keeps."""
+    digest = hashlib.sha1(repr((project, str(task_id), to_name, concept.lower(), rank)).encode()).hexdigest()
+    return digest[:12]
 
 
 def concept_label(text: str, rectangle_label: str | None, controls: list[Control]) -> str | None:

@@ -4,7 +4,9 @@ An annotator types a concept ("person") in a `TextArea` (its value arrives in th
 `textarea` region) or draws a smart rectangle, whose label names the concept when nothing was typed.
 Positive rectangles are examples of the concept (SAM 3 finds more like them), negative ones counter-examples
 (SAM 3 drops what looks like them). A number between 0 and 1 typed in the TextArea is a confidence
-threshold: it filters the instances already found without running the model again. Keypoints are not
+threshold: it filters the instances already found without running the model again. Each submission of the
+TextArea is one line of its value (the page sends them all, newest last): the last phrase is the concept,
+and a threshold counts only when typed after it (a new concept starts from the default threshold). Keypoints are not
 concept prompts: SAM 3's tracker segments one object from them, as SAM does.
 """
 
@@ -31,7 +33,7 @@ def concept_prompts(regions: Regions) -> list[ConceptPrompt]:
     """One concept prompt per image that has typed text or rectangles; keypoints are left for clicks."""
     texts: dict[str, list[str]] = {}
     for typed in regions.texts:
-        texts.setdefault(typed.to_name, []).append(typed.text)
+        texts.setdefault(typed.to_name, []).extend(typed.lines or (typed.text,))
     boxes: dict[str, list[tuple[Box, int, str | None]]] = {}
     for rect in regions.rectangles:
         boxes.setdefault(rect.to_name, []).append((rect.box, int(rect.positive), rect.label))
@@ -40,13 +42,18 @@ def concept_prompts(regions: Regions) -> list[ConceptPrompt]:
 
 
 def _concept(to_name: str, texts: list[str], boxes: list[tuple[Box, int, str | None]]) -> ConceptPrompt:
-    """The last typed phrase and the last typed threshold win; boxes keep the annotator's order."""
-    phrases = [text for text in texts if _threshold(text) is None]
-    thresholds = [value for value in map(_threshold, texts) if value is not None]
+    """The last typed phrase and the last threshold typed after it win; boxes keep the annotator's order."""
+    phrase, threshold = None, None
+    for text in texts:
+        value = _threshold(text)
+        if value is None:
+            phrase, threshold = text, None
+        else:
+            threshold = value
     return ConceptPrompt(
         to_name=to_name,
-        text=phrases[-1] if phrases else None,
-        threshold=thresholds[-1] if thresholds else None,
+        text=phrase,
+        threshold=threshold,
         label=next((label for _, positive, label in boxes if positive and label), None),
         boxes=tuple(box for box, _, _ in boxes),
         box_labels=tuple(positive for _, positive, _ in boxes),

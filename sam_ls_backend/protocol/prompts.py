@@ -3,7 +3,9 @@
 Grouping: each positive rectangle is one object together with the keypoints inside it; keypoints outside
 every rectangle make one more object when at least one of them is positive, and otherwise (only negative
 clicks left over) they refine every rectangle's object. Negative rectangles are not SAM prompts: their area
-is cut out of every object on the image.
+is cut out of every object on the image. A request of negative prompts only (Label Studio's page sends an
+Alt-click or a rectangle labelled in NEGATIVE_LABELS alone) is one negative-only prompt per image, which the
+refinement history (embeddings/refinement.py) applies to the object it refines.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class Prompt:
     point_labels: tuple[int, ...] = ()  # 1 = positive click, 0 = negative click
     box: Box | None = None  # (x0 %, y0 %, x1 %, y1 %), axis-aligned
     negative_boxes: tuple[Box, ...] = ()  # areas cut out of the mask afterwards, same frame as `box`
+
+    @property
+    def is_negative_only(self) -> bool:
+        """No box and no positive click: negative clicks and/or negative boxes, which refine an object."""
+        return self.box is None and 1 not in self.point_labels
 
     @property
     def is_single_click(self) -> bool:
@@ -77,13 +84,12 @@ def group_prompts(regions: Regions) -> list[Prompt]:
     if not keypoints and not rectangles:
         raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from")
     positive = [rect for rect in rectangles if rect.positive]
-    if not keypoints and not positive:
-        raise InvalidRequest("negative rectangles only cut area out of objects: add a positive keypoint or "
-                             "rectangle for the object")
     negative: dict[str, list[Box]] = {}
     for rect in rectangles:
         if not rect.positive:
             negative.setdefault(rect.to_name, []).append(rect.box)
+    if not keypoints and not positive:
+        return [Prompt(None, to_name, negative_boxes=tuple(boxes)) for to_name, boxes in negative.items()]
     return [replace(prompt, negative_boxes=tuple(negative.get(prompt.to_name, ())))
             for prompt in _group(keypoints, positive)]
 

@@ -58,10 +58,12 @@ class Rectangle:
 
 @dataclass(frozen=True)
 class TypedText:
-    """What was typed in a TextArea answering on an image: its lines joined, whitespace collapsed."""
+    """What was typed in a TextArea answering on an image: its lines joined, whitespace collapsed, and each
+    line (each submission: Label Studio's page sends every submission so far, newest last) on its own."""
 
     text: str
     to_name: str
+    lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,4 +302,4 @@ def _typed_text(region: dict, where: str) -> TypedText:
     text = " ".join(" ".join(lines).split())
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidRequest(f"{where}: a concept of {len(text)} characters; at most {MAX_TEXT_CHARS}")
-    return TypedText(text, to_name)
+    return TypedText(text, to_name, tuple(line for line in (" ".join(raw.split()) for raw in lines) if line))

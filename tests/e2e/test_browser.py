@@ -34,7 +34,8 @@ from tests.support.label_studio import (
 )
 from tests.support.ls_bodies import SAM_CONFIG, predict_body
 from tests.support.recording_backend import RecordingBackend
-from tests.support.reference import reference_mask
+from tests.support.reference import reference_answer, reference_mask
+from tests.support.sam3_reference import CONCEPT_CONFIG, concept_reference
 from tests.support.scenes import scene
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -47,6 +48,14 @@ POLYGON_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
   <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" background="#0000FF"/></RectangleLabels>
+</View>"""
+
+NEGATIVE_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image"><Label value="Foreground" background="#FF0000"/></BrushLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Foreground" background="#0000FF"/><Label value="Background" background="#888888"/>
+  </RectangleLabels>
 </View>"""
 
 TWO_LABELS_CONFIG = """<View>
@@ -95,6 +104,7 @@ def stack(vit_t_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
     with LabelStudio(data_dir, work / "label-studio.log") as label_studio:
         env = {"SAM_CHOICE": "MobileSAM", "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "DEVICE": "cpu",
+               "NEGATIVE_LABELS": "Background",
                "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
         backend = BackendProcess(env, log_path=work / "backend.log")
         try:
@@ -342,6 +352,194 @@ def corners_on(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, floa
                 return ((column + 0.5) * 100 / WIDTH, (row + 0.5) * 100 / HEIGHT), \
                     ((column + d_column + 0.5) * 100 / WIDTH, (row + d_row + 0.5) * 100 / HEIGHT)
     raise AssertionError("the first mask has no two solid points to drag between")
+
+
+def clicks_of(exchanges: list[Exchange]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each exchange's keypoints as SamPredictor's (point coords in pixels, labels)."""
+    found = []
+    for exchange in exchanges:
+        points = [r for r in exchange.regions if r["type"] == "keypointlabels"]
+        coords = np.array([[p["value"]["x"] * WIDTH / 100, p["value"]["y"] * HEIGHT / 100] for p in points])
+        found.append((coords, np.array([int(p["is_positive"]) for p in points])))
+    return found
+
+
+def refined_by_sam(checkpoint: Path, image: np.ndarray, rounds: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """SamPredictor's interactive loop over rounds of clicks: each round adds its clicks to the earlier ones
+    and is decoded with the previous round's logits as `mask_input`; the last round's mask."""
+    coords, labels = np.zeros((0, 2)), np.zeros(0, np.int64)
+    logits = None
+    for new_coords, new_labels in rounds:
+        coords, labels = np.concatenate([coords, new_coords]), np.concatenate([labels, new_labels])
+        mask, _, logits = reference_answer(checkpoint, image, coords, labels, mask_input=logits)
+    return mask
+
+
+@pytest.mark.parametrize("auto_accept", [True, False], ids=["auto-accept", "accept-with-tick"])
+def test_an_alt_click_refines_the_object_and_the_editor_keeps_one_region(
+        stack: Stack, labeling: LabelingPage, vit_t_checkpoint: Path, auto_accept: bool) -> None:
+    """A click, then Alt-clicks on its mask: with Auto-Accept on each click reaches the backend alone; with
+    it off the clicks accumulate until ✓, and the Alt-click after ✓ comes alone. Either way the backend
+    answers the object's region id, the page replaces the region, and the editor ends with ONE region whose
+    pixels are SamPredictor's for all the clicks, each round decoded from the previous round's logits.
+    The region is hidden before each Alt-click, as the regions panel's eye does: a click on a visible
+    region selects it and sends nothing (random weights paint most of the image)."""
+    project_id, task_id, image = stack.project(SAM_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id, auto_accept=auto_accept)
+    labeling.smart_tool("key-point")
+    labeling.label("Foreground", block=1)
+    labeling.click(37.5, 50.0)
+    (first,) = labeling.wait_for_answers(1)
+    object_id = first.result[0]["id"]
+    for count, point in ((2, (70.0, 40.0)), (3, (55.0, 70.0))):
+        if count == 3 and not auto_accept:
+            labeling.accept_suggestions()
+        labeling.hide_regions()
+        labeling.label("Foreground", block=1)
+        labeling.click(*point, negative=True)
+        exchange = labeling.wait_for_answers(count)[-1]
+        assert [r["id"] for r in exchange.result] == [object_id], "the object's id: its region is replaced"
+    if not auto_accept:
+        labeling.accept_suggestions()
+
+    exchanges = labeling.log.exchanges
+    sent = [[(r["type"], r["is_positive"]) for r in e.regions] for e in exchanges]
+    positive, negative = ("keypointlabels", True), ("keypointlabels", False)
+    if auto_accept:
+        assert sent == [[positive], [negative], [negative]], "each click alone"
+        rounds = clicks_of(exchanges)
+    else:
+        assert sent == [[positive], [positive, negative], [negative]], "accumulated until ✓, then alone"
+        rounds = [clicks_of(exchanges)[0], (clicks_of(exchanges)[1][0][1:], np.array([0])), clicks_of(exchanges)[2]]
+    (held,) = labeling.regions()
+    assert held["id"] == object_id and held["value"]["brushlabels"] == ["Foreground"]
+    expected = refined_by_sam(vit_t_checkpoint, image, rounds)
+    assert np.array_equal(brush_mask(held), expected), "not SamPredictor's refined mask"
+    assert not np.array_equal(expected, brush_mask(first.result[0])), "pick clicks that change the mask"
+
+
+def test_a_click_inside_the_rectangle_refines_its_object(stack: Stack, labeling: LabelingPage,
+                                                          vit_t_checkpoint: Path) -> None:
+    """A smart rectangle's answer is accepted (the rectangle deleted); a later click inside the rectangle
+    (its region hidden, so that the click reaches the canvas) comes alone and is decoded with the remembered
+    box: the editor keeps one region, the object's, whose pixels are SamPredictor's for the box and the click."""
+    project_id, task_id, image = stack.project(SAM_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    labeling.label("Foreground", block=2)  # BrushLabels, KeyPointLabels, RectangleLabels: the rectangles' block
+    labeling.drag(12.5, 20.0, 52.5, 75.0)
+    (first,) = labeling.wait_for_answers(1)
+    (rectangle_sent,) = first.regions
+    box = box_in_pixels(rectangle_sent)
+    labeling.hide_regions()
+    labeling.smart_tool("key-point")
+    labeling.label("Foreground", block=1)
+    labeling.click(30.0, 45.0)
+    second = labeling.wait_for_answers(2)[1]
+
+    assert [r["type"] for r in second.regions] == ["keypointlabels"], "the click comes alone"
+    (held,) = labeling.regions()
+    assert held["id"] == first.result[0]["id"]
+    ((coords, labels),) = clicks_of([second])
+    expected, _ = reference_mask(vit_t_checkpoint, image, coords, labels, box=box)
+    assert np.array_equal(brush_mask(held), expected), "not SamPredictor's mask for the box and the click"
+    assert not np.array_equal(expected, brush_mask(first.result[0])), "pick a click that changes the mask"
+
+
+def test_a_rectangle_labelled_in_negative_labels_cuts_the_object(stack: Stack, labeling: LabelingPage,
+                                                                  vit_t_checkpoint: Path) -> None:
+    """The page's only negative rectangle: one labelled in NEGATIVE_LABELS (here `Background`). Sent alone, it
+    cuts its area out of the object just answered, under the object's id and label: the editor keeps one
+    region, SamPredictor's mask for the first rectangle without the pixels whose centres the second covers."""
+    project_id, task_id, image = stack.project(NEGATIVE_CONFIG)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    labeling.label("Foreground", block=1)
+    labeling.drag(12.5, 20.0, 52.5, 75.0)
+    (first,) = labeling.wait_for_answers(1)
+    labeling.hide_regions()  # a drag on the accepted region would select it
+    labeling.label("Background", block=1)
+    labeling.drag(20.0, 30.0, 35.0, 60.0)
+    second = labeling.wait_for_answers(2)[1]
+
+    (negative,) = second.regions
+    assert negative["value"]["rectanglelabels"] == ["Background"] and "is_positive" not in negative
+    (held,) = labeling.regions()
+    assert held["id"] == first.result[0]["id"] and held["value"]["brushlabels"] == ["Foreground"]
+    expected, _ = reference_mask(vit_t_checkpoint, image, box=box_in_pixels(first.regions[0]))
+    x0, y0, x1, y1 = box_in_pixels(negative)
+    columns = slice(int(np.ceil(x0 - 0.5)), int(np.floor(x1 - 0.5)) + 1)
+    rows = slice(int(np.ceil(y0 - 0.5)), int(np.floor(y1 - 0.5)) + 1)
+    assert expected[rows, columns].any(), "the negative rectangle must overlap the object"
+    expected[rows, columns] = False
+    assert np.array_equal(brush_mask(held), expected)
+
+
+@dataclass(frozen=True)
+class Sam3:
+    """A second backend, SAM 3 on a tiny random-weight folder, and the thresholds its test types."""
+
+    url: str
+    folder: Path
+    default: float  # its SCORE_THRESHOLD: what a concept typed without a threshold is filtered with
+    typed: str  # a threshold the annotator types, lower than the default
+
+
+@pytest.fixture(scope="module")
+def sam3(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sam3]:
+    """Random weights score every candidate close together: SCORE_THRESHOLD and the typed threshold are
+    picked among the candidates' scores for "person" and "car" on the module's image, so that each keeps
+    some candidates of both, not all, and the typed one keeps more."""
+    from tests.support.hf_checkpoints import save_sam3_folder
+
+    work = tmp_path_factory.mktemp("sam3")
+    folder = save_sam3_folder(work / "sam3")
+    image = scene(WIDTH, HEIGHT, seed=IMAGE_SEED)
+    scores = [[score for score, _ in concept_reference(folder, image, text, 0.0)] for text in ("person", "car")]
+    default = min(float(np.quantile(found, 0.8)) for found in scores)
+    typed = f"{min(float(np.quantile(found, 0.4)) for found in scores):.6f}"
+    env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folder), "DEVICE": "cpu", "SCORE_THRESHOLD": repr(default),
+           "LABEL_STUDIO_URL": stack.label_studio.url, "LABEL_STUDIO_API_KEY": stack.label_studio.token}
+    backend = BackendProcess(env, log_path=work / "backend.log")
+    try:
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        yield Sam3(backend.url, folder, default, typed)
+    finally:
+        backend.stop()
+
+
+def test_a_concept_typed_in_the_textarea_gives_one_region_per_instance(
+        stack: Stack, sam3: Sam3, labeling: LabelingPage) -> None:
+    """SAM 3 with Auto-Accept off, as the README recommends for concepts: "person" typed in the TextArea
+    answers one region per instance scoring above SCORE_THRESHOLD, each with its score, painted `person`;
+    a threshold typed next answers more of them (the same ids for those kept: the page replaces them); a new
+    concept starts again from SCORE_THRESHOLD, with ids of its own. ✓ leaves the last answer's regions,
+    SAM 3's masks (transformers' Sam3Model and post-processing) pixel for pixel."""
+    project_id, task_id, image = stack.project(CONCEPT_CONFIG, backend_url=sam3.url)
+    open_for_smart_tools(labeling, project_id, task_id, auto_accept=False)
+    steps = [("person", "person", sam3.default), (sam3.typed, "person", float(sam3.typed)),
+             ("car", "car", sam3.default)]
+    answers = []
+    for count, (typed, concept, threshold) in enumerate(steps, start=1):
+        labeling.submit_text(typed)
+        exchange = labeling.wait_for_answers(count)[-1]
+        (sent,) = exchange.regions
+        assert sent["type"] == "textarea" and sent["value"]["text"] == [step[0] for step in steps[:count]]
+        expected = concept_reference(sam3.folder, image, concept, threshold)
+        assert [round(r["score"], 4) for r in exchange.result] == [round(score, 4) for score, _ in expected]
+        assert {tuple(r["value"]["brushlabels"]) for r in exchange.result} <= {(concept,)}
+        assert len(labeling.suggestions()) == len(expected), "the answer is the pending set"
+        answers.append(exchange.result)
+    person, lower, car = ([r["id"] for r in answer] for answer in answers)
+    assert 0 < len(person) < len(lower), "the typed threshold keeps more instances"
+    assert lower[:len(person)] == person, "the instances kept keep their ids"
+    assert car and not set(car) & set(lower), "a new concept's instances are new regions"
+
+    labeling.accept_suggestions()
+    held = of_type(labeling.regions(), "brushlabels")
+    assert [r["id"] for r in held] == car
+    for region, (_, mask) in zip(held, concept_reference(sam3.folder, image, "car", sam3.default)):
+        assert np.array_equal(brush_mask(region), mask)
 
 
 def test_the_page_stays_on_loopback(stack: Stack, labeling: LabelingPage) -> None:

@@ -273,7 +273,7 @@ CASES = [
     Case("to_name missing", 400, "to_name must name the Image", with_regions(region_with(to_name=...))),
     Case("to_name names no image", 400, 'no <BrushLabels toName="nowhere">',
          with_regions(region_with(to_name="nowhere"))),
-    Case("negative rectangle", 400, "negative rectangles",
+    Case("negative rectangle alone", 200, "",
          with_regions(region_with(kind="rectanglelabels", is_positive=False))),
     Case("only negative clicks", 200, "", with_regions(keypoint(10, 10, False), keypoint(90, 90, False))),
     Case("clicks on the image's very corners", 200, "", with_regions(keypoint(0, 0), keypoint(100, 100))),

@@ -203,7 +203,11 @@ def test_server_with_onnx_encoder_never_loads_torch_and_stops_cleanly(export, tm
            "LABEL_STUDIO_URL": "http://127.0.0.1:9", "REDIS_URL": "", "WORKERS": "1"}
     server = BackendProcess(env, log_path=tmp_path / "server.log").wait_ready()
     try:
-        response = requests.post(f"{server.url}/predict", json=predict_body(url, regions), timeout=120)
+        body = predict_body(url, regions)  # a region's label is one its control has: give the config A and B
+        body["label_config"] = body["label_config"].replace(
+            '<Label value="Foreground"/></BrushLabels>',
+            '<Label value="Foreground"/><Label value="A"/><Label value="B"/></BrushLabels>')
+        response = requests.post(f"{server.url}/predict", json=body, timeout=120)
         torch_in_server = torch_files_mapped(process_tree(server.process.pid))
     finally:
         exit_code = server.stop()

@@ -56,7 +56,11 @@ def test_several_rectangles_give_one_region_each_matching_sam(client, image_host
     url = image_host.add_image("/data/upload/1/three-boxes.png", image)
     boxes = [(5, 5, 30, 30), (40, 20, 25, 50), (70, 60, 25, 35)]
     regions = [rectangle(*box, label=f"L{i}") for i, box in enumerate(boxes)]
-    response = client.post("/predict", json=predict_body(url, regions))
+    body = predict_body(url, regions)
+    labels = "".join(f'<Label value="L{i}"/>' for i in range(3))  # a region's label is one its control has
+    body["label_config"] = body["label_config"].replace('<Label value="Foreground"/></BrushLabels>',
+                                                        f'<Label value="Foreground"/>{labels}</BrushLabels>')
+    response = client.post("/predict", json=body)
     regions = response.json["results"][0]["result"]
     assert [r["value"]["brushlabels"] for r in regions] == [["L0"], ["L1"], ["L2"]]
     assert len({r["id"] for r in regions}) == 3

@@ -182,9 +182,9 @@ def test_masks_under_the_score_threshold_are_not_returned(image_host, url):
     regions = [rectangle(0, 0, 20, 20, label="a"), rectangle(30, 30, 20, 20, label="b"),
                rectangle(60, 60, 20, 20, label="c")]
     result = click(client, url, regions)
-    assert [r["value"]["brushlabels"] for r in result] == [["b"], ["c"]]
+    assert [r["score"] for r in result] == [0.9, 0.5]
     assert len(stub.asked) == 3, "a predictor without predict_batch is asked once per object"
-    assert backend.history._rounds.stats().entries == 0, "and its answers are not refined"
+    assert backend.history._rounds.stats().entries == 1, "the round is remembered for its objects' ids"
 
 
 def test_min_area_removes_small_islands_and_holes(image_host, url):

@@ -49,6 +49,8 @@ def test_captured_interactive_keypoint_gets_a_brush_region(make_client, served_i
     assert decode_brush_region(region).shape == (240, 320)
     assert prediction["model_version"] == "MobileSAM-vit_t"
     assert prediction["score"] == pytest.approx(region["score"])
+    timing = re.fullmatch(r"app;dur=(\d+\.\d)", response.headers["Server-Timing"])
+    assert timing and float(timing.group(1)) > 0, "the backend's own time, for clients measuring their share"
 
 
 def test_brush_answers_are_byte_for_byte_the_json_flask_writes(make_client, image_host):

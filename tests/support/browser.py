@@ -224,6 +224,24 @@ class LabelingPage:
             label.click()
         self.page.wait_for_timeout(100)
 
+    def accept_suggestions(self) -> None:
+        """Press the bottom bar's ✓: the pending suggestions become regions, the smart regions are deleted."""
+        self.page.click("[data-testid=bottombar-accept-suggestions-button]")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not self.suggestions():
+                self.page.wait_for_timeout(SETTLE_S * 1000)
+                return
+            self.page.wait_for_timeout(100)
+        raise BrowserError("the suggestions were still pending 10 s after ✓")
+
+    def submit_text(self, text: str) -> None:
+        """Type `text` into the TextArea's input and press Enter, as an annotator submits a line."""
+        field = self.page.locator("[data-testid=textarea-input]").first
+        field.click()
+        field.fill(text)
+        field.press("Enter")
+
     def unselect_regions(self) -> None:
         self.page.evaluate("() => Htx.annotationStore.selected.unselectAll?.()")
 

@@ -26,14 +26,16 @@ def coco_raster(polygons: list[np.ndarray], height: int, width: int) -> np.ndarr
         return coco_mask.decode(coco_mask.merge(rles, intersect=False)).astype(bool)
 
 
-def opencv_raster(polygons: list[np.ndarray], height: int, width: int, scale: int = 4) -> np.ndarray:
+def opencv_raster(polygons: list[np.ndarray], height: int, width: int, scale: int | None = None) -> np.ndarray:
     """The pixels OpenCV's `fillPoly` fills, each polygon on its own (fillPoly applies the even-odd rule across
     the polygons of one call) and then united.
 
     fillPoly fills closed spans on the pixel-centre grid (a vertex is rounded to the nearest centre and the
     pixels on an edge are filled), so at scale 1 any polygon gains about half a pixel all round (measured:
     even an exact square's outline fills one more column and row). At `scale` > 1 it fills a finer grid and a
-    pixel is in when at least half of its cells are."""
+    pixel is in when at least half of its cells are. By default the grid is 8× finer for polygons of up to 4
+    megapixels (at 4× a line one pixel wide read back at IoU 0.92, at 8× exactly) and 4× beyond, where an 8×
+    canvas would take gigabytes."""
     out = np.zeros((height, width), dtype=bool)
     for polygon in polygons:
         x0, y0 = np.floor(np.asarray(polygon).min(axis=0)).astype(int) - 1
@@ -41,12 +43,13 @@ def opencv_raster(polygons: list[np.ndarray], height: int, width: int, scale: in
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
         if x1 <= x0 or y1 <= y0:
             continue
-        canvas = np.zeros(((y1 - y0) * scale, (x1 - x0) * scale), dtype=np.uint8)
-        points = (np.asarray(polygon, dtype=np.float64) - (x0, y0)) * scale - 0.5  # to pixel-centre coordinates
+        grid = scale or (8 if (y1 - y0) * (x1 - x0) <= 4_000_000 else 4)
+        canvas = np.zeros(((y1 - y0) * grid, (x1 - x0) * grid), dtype=np.uint8)
+        points = (np.asarray(polygon, dtype=np.float64) - (x0, y0)) * grid - 0.5  # to pixel-centre coordinates
         cv2.fillPoly(canvas, [np.round(points * 256).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=8)
-        if scale > 1:
-            cells = canvas.reshape(y1 - y0, scale, x1 - x0, scale).sum(axis=(1, 3), dtype=np.int32)
-            canvas = 2 * cells >= scale * scale
+        if grid > 1:
+            cells = canvas.reshape(y1 - y0, grid, x1 - x0, grid).sum(axis=(1, 3), dtype=np.int32)
+            canvas = 2 * cells >= grid * grid
         out[y0:y1, x0:x1] |= canvas.astype(bool)
     return out
 

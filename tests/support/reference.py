@@ -13,12 +13,21 @@ from segment_anything import SamPredictor
 def reference_mask(checkpoint: Path, image: np.ndarray, point_coords: np.ndarray | None = None,
                    point_labels: np.ndarray | None = None, box: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """SamPredictor's mask (H×W bool) and score; a lone positive click takes the best of three candidates."""
+    mask, score, _ = reference_answer(checkpoint, image, point_coords, point_labels, box)
+    return mask, score
+
+
+def reference_answer(checkpoint: Path, image: np.ndarray, point_coords: np.ndarray | None = None,
+                     point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
+                     mask_input: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """SamPredictor's mask, score and low-res logits (1×256×256, the next round's `mask_input`), as SAM's
+    interactive loop calls it: a lone positive click takes the best of three candidates."""
     predictor = _predictor_on(str(checkpoint), image.tobytes(), image.shape)
-    single_click = box is None and point_labels is not None and list(point_labels) == [1]
-    masks, scores, _ = predictor.predict(point_coords=point_coords, point_labels=point_labels, box=box,
-                                         multimask_output=single_click)
+    single_click = box is None and mask_input is None and point_labels is not None and list(point_labels) == [1]
+    masks, scores, logits = predictor.predict(point_coords=point_coords, point_labels=point_labels, box=box,
+                                              mask_input=mask_input, multimask_output=single_click)
     best = int(np.argmax(scores)) if single_click else 0
-    return masks[best], float(scores[best])
+    return masks[best], float(scores[best]), logits[best][None]
 
 
 @lru_cache(maxsize=4)

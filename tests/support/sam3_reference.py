@@ -9,7 +9,7 @@ import transformers
 CONCEPT_CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<BrushLabels name="tag" toName="image"><Label value="person"/><Label value="car"/></BrushLabels>'
-    '<TextArea name="concept" toName="image" editable="true" rows="1" maxSubmissions="1" smart="true"/>'
+    '<TextArea name="concept" toName="image" editable="true" rows="1" smart="true"/>'
     '<KeyPointLabels name="tag2" toName="image" smart="true"><Label value="person" smart="true"/></KeyPointLabels>'
     '<RectangleLabels name="tag3" toName="image" smart="true"><Label value="person"/><Label value="car"/>'
     '</RectangleLabels></View>')

@@ -33,8 +33,16 @@ def test_typed_text_is_the_concept_and_clicks_are_left_for_the_tracker():
 
 
 def test_a_number_typed_is_a_threshold_and_the_last_typed_wins():
-    concepts, _ = split([textarea(["person"]), textarea(["0.25"]), textarea(["dog"])])
-    assert (concepts[0].text, concepts[0].threshold) == ("dog", 0.25)
+    concepts, _ = split([textarea(["person"]), textarea(["0.25"]), textarea(["0.4"])])
+    assert (concepts[0].text, concepts[0].threshold) == ("person", 0.4)
+
+
+def test_each_submission_is_a_line_and_a_new_concept_drops_the_earlier_threshold():
+    """Label Studio's page sends every submission of the TextArea so far in one region, newest last."""
+    concepts, _ = split([textarea(["person", "0.5"])])
+    assert (concepts[0].text, concepts[0].threshold) == ("person", 0.5)
+    concepts, _ = split([textarea(["person", "0.5", "red  car"])])
+    assert (concepts[0].text, concepts[0].threshold) == ("red car", None)
 
 
 def test_rectangles_are_examples_and_counter_examples_in_order():

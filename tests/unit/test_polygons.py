@@ -27,8 +27,8 @@ from tests.support.polygon_readers import (
     shapely_polygon,
 )
 
-BRUSH = (OUTPUTS["brush"], Control("tag", "BrushLabels", ("Foreground",)))
-POLYGON = (OUTPUTS["polygon"], Control("poly", "PolygonLabels", ("Foreground",)))
+BRUSH = (OUTPUTS["brush"], Control("tag", "BrushLabels", ("Foreground", "Cat")))
+POLYGON = (OUTPUTS["polygon"], Control("poly", "PolygonLabels", ("Foreground", "Cat")))
 
 
 def test_a_rectangle_becomes_its_four_corners_on_the_pixel_edges_and_reads_back_exactly():

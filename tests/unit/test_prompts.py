@@ -162,6 +162,17 @@ def test_other_region_types_are_ignored():
     assert len(prompts_from_regions([choice, keypoint(5, 5)])) == 1
 
 
+def test_negative_prompts_alone_are_one_negative_only_prompt_per_image():
+    """Label Studio's page sends an Alt-click, or a rectangle labelled in NEGATIVE_LABELS, alone: what it
+    refines is for the refinement history to find."""
+    (cut,) = prompts_from_regions([rectangle(1, 1, 5, 5, positive=False)])
+    assert cut.is_negative_only and cut.box is None and cut.points == () and cut.negative_boxes == ((1, 1, 6, 6),)
+    (clicks,) = prompts_from_regions([keypoint(5, 5, positive=False)])
+    assert clicks.is_negative_only and clicks.point_labels == (0,)
+    (clicked,) = prompts_from_regions([keypoint(5, 5), keypoint(7, 7, positive=False)])
+    assert not clicked.is_negative_only
+
+
 @pytest.mark.parametrize("regions, message", [
     ("nope", "must be a list"),
     ([], "no keypointlabels or rectanglelabels"),
@@ -174,7 +185,6 @@ def test_other_region_types_are_ignored():
     ([keypoint(5, 5, image_rotation=90)], "rotated images"),
     ([{"type": "keypointlabels", "value": {"x": 1, "y": 1}}], "to_name"),
     ([{"type": "rectanglelabels", "to_name": "image", "value": []}], "value must be an object"),
-    ([rectangle(1, 1, 5, 5, positive=False)], "negative rectangles only cut area out of objects"),
     ([7], "must be an object"),
 ])
 def test_malformed_regions_are_refused_with_a_message_naming_the_problem(regions, message):
