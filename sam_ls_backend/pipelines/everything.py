@@ -9,19 +9,23 @@ predicted IoU. Masks below SCORE_THRESHOLD are dropped.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.metrics import DECODER_SECONDS
 from sam_ls_backend.outputs import images_with_outputs, output_controls, to_results
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request, image_url
-from sam_ls_backend.predictors.automatic import GridDecoder, GridOptions, generate_masks
 from sam_ls_backend.protocol.regions import Regions
 from sam_ls_backend.settings import Settings
+
+if TYPE_CHECKING:
+    from sam_ls_backend.predictors.automatic import GridDecoder, GridOptions
 
 
 def grid_options(settings: Settings) -> GridOptions:
     """The generator's parameters from the EVERYTHING_* settings and MIN_AREA."""
+    from sam_ls_backend.predictors.automatic import GridOptions  # torch: only under PREANNOTATE=everything
+
     return GridOptions(points_per_side=settings.everything_points_per_side,
                        points_per_batch=settings.everything_points_per_batch,
                        pred_iou_thresh=settings.everything_pred_iou,
@@ -59,6 +63,8 @@ class EverythingPipeline:
 
     def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
         """Every object found on each image of the task that has output controls."""
+        from sam_ls_backend.predictors.automatic import generate_masks
+
         results = []
         for to_name in sorted(images_with_outputs(request.config)):
             controls = output_controls(request.config, to_name, self.settings.result_type)

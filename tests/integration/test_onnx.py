@@ -50,7 +50,7 @@ REGIONS = {
     "boxes and a negative click outside": [rectangle(5, 5, 40, 40), rectangle(50, 50, 40, 40),
                                            keypoint(48, 48, False)],
 }
-TORCH_STACK = {"torch", "torchvision", "segment-anything", "mobilesam-mirror", "timm", "onnx", "transformers"}
+TORCH_STACK = {"torch", "torchvision", "segment-anything", "mobilesam-mirror", "timm", "onnx", "transformers", "av"}
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(320, 240), (201, 333), (1024, 768), (4000, 3000)]  # the parity tests' sizes, and the bench's
 
 # Label Studio regions, and SamPredictor's prompt for them in fractions of the image (points, labels, boxes).
+# (A lone negative click is no object of its own: it refines the task image's current object, as
+# tests/integration/test_current_object.py shows.)
 PROMPTS = {
     "one click": ([keypoint(50, 50)], [[0.5, 0.5]], [1], [None]),
     "clicks positive and negative": ([keypoint(30, 40), keypoint(70, 60, False), keypoint(35, 45)],
                                      [[0.3, 0.4], [0.7, 0.6], [0.35, 0.45]], [1, 0, 1], [None]),
-    "negative click only": ([keypoint(60, 60, False)], [[0.6, 0.6]], [0], [None]),
     "rectangle": ([rectangle(20, 10, 50, 60)], None, None, [[0.2, 0.1, 0.7, 0.7]]),
     "rectangle with clicks inside": ([rectangle(20, 10, 50, 60), keypoint(40, 40), keypoint(60, 20, False)],
                                      [[0.4, 0.4], [0.6, 0.2]], [1, 0], [[0.2, 0.1, 0.7, 0.7]]),
