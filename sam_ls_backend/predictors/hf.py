@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,13 +40,7 @@ def load_sam2(settings: Settings, folder: ModelFile) -> LoadedModels:
 def load_prompt_predictor(settings: Settings, folder: ModelFile, model_class: str, processor_class: str,
                           model_type: str) -> HfPromptPredictor:
     """A promptable SAM (`transformers.<model_class>`) from its local folder, ready for clicks."""
-    transformers = import_transformers()
-    path = folder.require_folder()
-    use_torch_threads(settings.torch_threads)
-    started = time.perf_counter()
-    model, processor = load_pretrained(getattr(transformers, model_class), getattr(transformers, processor_class),
-                                       path, settings)
-    log.info("loaded %s from %s on %s in %.1f s", model_class, path, model.device, time.perf_counter() - started)
+    model, processor = load_pretrained(settings, folder, model_class, processor_class)
     return HfPromptPredictor(model, processor, model_type)
 
 
@@ -122,11 +115,18 @@ def import_transformers() -> Any:
     return transformers
 
 
-def load_pretrained(model_class: Any, processor_class: Any, folder: Path, settings: Settings) -> tuple[Any, Any]:
-    """A model and its processor from `folder` only, on DEVICE, in eval mode."""
+def load_pretrained(settings: Settings, folder: ModelFile, model_class: str, processor_class: str) -> tuple[Any, Any]:
+    """`transformers.<model_class>` and `<processor_class>` from the local model folder only, on DEVICE, in
+    eval mode (start-up or a first video request: takes seconds; the time goes to the log)."""
+    transformers = import_transformers()
+    path = folder.require_folder()
+    use_torch_threads(settings.torch_threads)
+    started = time.perf_counter()
     try:
-        model = model_class.from_pretrained(folder, local_files_only=True)
-        processor = processor_class.from_pretrained(folder, local_files_only=True)
+        model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True)
+        processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{folder} does not hold a {model_class.__name__} model folder: {error}") from None
-    return model.to(resolve_device(settings.device)).eval(), processor
+        raise ConfigError(f"{path} does not hold a {model_class} model folder: {error}") from None
+    model = model.to(resolve_device(settings.device)).eval()
+    log.info("loaded %s from %s on %s in %.1f s", model_class, path, model.device, time.perf_counter() - started)
+    return model, processor

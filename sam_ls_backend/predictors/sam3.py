@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +21,7 @@ from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.predictors.base import Embedding, LoadedModels
 from sam_ls_backend.predictors.files import ModelFile
-from sam_ls_backend.predictors.hf import import_transformers, load_pretrained, load_prompt_predictor
+from sam_ls_backend.predictors.hf import load_pretrained, load_prompt_predictor
 from sam_ls_backend.predictors.video import load_video_tracker
 from sam_ls_backend.settings import Settings
 
@@ -45,12 +44,7 @@ def load_sam3(settings: Settings, folder: ModelFile) -> LoadedModels:
 
 def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegmenter:
     """SAM 3's detector and processor from SAM3_MODEL_DIR (start-up only: takes seconds)."""
-    transformers = import_transformers()
-    path = folder.require_folder()
-    started = time.perf_counter()
-    model, processor = load_pretrained(transformers.Sam3Model, transformers.Sam3Processor, path, settings)
-    log.info("loaded SAM 3 concept detector from %s on %s in %.1f s", path, model.device,
-             time.perf_counter() - started)
+    model, processor = load_pretrained(settings, folder, "Sam3Model", "Sam3Processor")
     return ConceptSegmenter(model, processor)
 
 

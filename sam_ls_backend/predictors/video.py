@@ -20,7 +20,6 @@ from typing import Any
 
 from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.media.video import VideoFile
-from sam_ls_backend.predictors.device import use_torch_threads
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.settings import Settings
 
@@ -184,13 +183,7 @@ def _tensor_bytes(value: Any) -> int:
 def load_video_tracker(settings: Settings, folder: ModelFile, model_class: str, processor_class: str,
                        model_type: str) -> VideoTracker:
     """A video tracker (`transformers.<model_class>`) from the local model folder (takes seconds)."""
-    from sam_ls_backend.predictors.hf import import_transformers, load_pretrained
+    from sam_ls_backend.predictors.hf import load_pretrained  # hf names this loader: imported when called
 
-    transformers = import_transformers()
-    path = folder.require_folder()
-    use_torch_threads(settings.torch_threads)
-    started = time.perf_counter()
-    model, processor = load_pretrained(getattr(transformers, model_class), getattr(transformers, processor_class),
-                                       path, settings)
-    log.info("loaded %s from %s on %s in %.1f s", model_class, path, model.device, time.perf_counter() - started)
+    model, processor = load_pretrained(settings, folder, model_class, processor_class)
     return VideoTracker(model, processor, model_type)
