@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 from importlib.metadata import version
 
@@ -21,6 +18,7 @@ import cv2
 import numpy as np
 
 from bench.machine import cpu_model
+from bench.timing import median_ms
 from sam_ls_backend.protocol.brush_rle import encode_rle_bytes
 from sam_ls_backend.protocol.polygons import PolygonOptions, polygon_answer, remove_small_regions
 from tests.support.polygon_readers import blob_with_holes, coco_raster, iou, opencv_raster
@@ -60,15 +58,6 @@ def main() -> None:
 def count_holes(mask: np.ndarray) -> int:
     padded = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
     return cv2.connectedComponents(padded, connectivity=4)[0] - 2  # less label 0 and the outside
-
-
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 from importlib.metadata import version
 
@@ -20,6 +17,7 @@ import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
 from bench.machine import cpu_model
+from bench.timing import median_ms
 from sam_ls_backend.protocol.brush_rle import encode_rle, encode_rle_bytes, rle_json
 
 SIZES = [(1024, 768), (4000, 3000)]  # width × height
@@ -54,15 +52,6 @@ def main() -> None:
         ours_ms = median_ms(partial(rle_json, rle), OUR_REPEATS)
         name = f"blobs {width}×{height}"
         print(f"{name:<20} {len(rle):>9} {dumps_ms:>14.1f} {ours_ms:>12.2f} {dumps_ms / ours_ms:>6.0f}×")
-
-
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def ellipse(height: int, width: int) -> np.ndarray:
