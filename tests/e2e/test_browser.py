@@ -27,10 +27,7 @@ from tests.support.browser import Chromium, Exchange, LabelingPage, is_loopback,
 from tests.support.label_studio import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
-    LABEL_STUDIO_VERSION,
-    HarnessError,
     LabelStudio,
-    fresh_data_dir,
 )
 from tests.support.ls_bodies import SAM_CONFIG, predict_body
 from tests.support.recording_backend import RecordingBackend
@@ -96,29 +93,25 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(vit_t_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(label_studio: LabelStudio, vit_t_checkpoint: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("browser")
+    env = {"SAM_CHOICE": "MobileSAM", "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "DEVICE": "cpu",
+           "NEGATIVE_LABELS": "Background",
+           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
+    backend = BackendProcess(env, log_path=work / "backend.log")
     try:
-        data_dir = fresh_data_dir(work / "data")
-    except HarnessError as error:
-        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
-    with LabelStudio(data_dir, work / "label-studio.log") as label_studio:
-        env = {"SAM_CHOICE": "MobileSAM", "MOBILESAM_CHECKPOINT": str(vit_t_checkpoint), "DEVICE": "cpu",
-               "NEGATIVE_LABELS": "Background",
-               "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
-        backend = BackendProcess(env, log_path=work / "backend.log")
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        chromium = Chromium()
         try:
-            backend.wait_ready(BACKEND_START_TIMEOUT_S)
-            chromium = Chromium()
-            try:
-                page = chromium.context.new_page()
-                log_in(page, label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # the cookie serves every page
-                page.close()
-                yield Stack(label_studio, backend.url, chromium, work)
-            finally:
-                chromium.close()
+            page = chromium.context.new_page()
+            log_in(page, label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # the cookie serves every page
+            page.close()
+            yield Stack(label_studio, backend.url, chromium, work)
         finally:
-            backend.stop()
+            chromium.close()
+    finally:
+        backend.stop()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from PIL import Image
 from sam_ls_backend.protocol.polygons import PolygonOptions, polygon_answer, remove_small_regions
 from sam_ls_backend.settings import Settings
 from tests.support.backend_process import ROOT, BackendProcess
-from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from tests.support.label_studio import LabelStudio
 from tests.support.ls_bodies import SAM_CONFIG, keypoint, rectangle
 from tests.support.polygon_readers import coco_raster, iou
 from tests.support.redis_server import RedisServer
@@ -60,20 +60,6 @@ class E2EProject:
     task_id: int
     image: np.ndarray
     files_root: Path
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    """A fresh Label Studio serving uploads and /data/local-files from a temporary root."""
-    work = tmp_path_factory.mktemp("label-studio")
-    files_root = work / "files"
-    (files_root / LOCAL_FILES_SUBDIR).mkdir(parents=True)
-    try:
-        data_dir = fresh_data_dir(work / "data")
-    except HarnessError as error:
-        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
-    with LabelStudio(data_dir, work / "label-studio.log", local_files_root=files_root) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +123,7 @@ def test_local_files_task(project: E2EProject, vit_t_checkpoint: Path) -> None:
     """A task whose image is a /data/local-files URL (served through a local storage) is segmented too."""
     image = scene(240, 320, seed=2)
     relative = f"{LOCAL_FILES_SUBDIR}/local_image.png"
+    (project.files_root / LOCAL_FILES_SUBDIR).mkdir(exist_ok=True)
     Image.fromarray(image).save(project.files_root / relative)
     ls = project.label_studio
     ls.add_local_files_storage(project.project_id, project.files_root / LOCAL_FILES_SUBDIR)

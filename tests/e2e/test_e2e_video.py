@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.backend_process import BackendProcess
-from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from tests.support.label_studio import LabelStudio
 from tests.support.video_bodies import VIDEO_CONFIG, keyframe, video_region
 from tests.support.video_oracle import interpolated_box, mask_box, oracle_masks
 from tests.support.videos import Square, decode_all, scene_frames, write_webm
@@ -39,30 +39,25 @@ class VideoProject:
 
 
 @pytest.fixture(scope="module")
-def video_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VideoProject]:
+def video_project(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VideoProject]:
     from tests.support.hf_checkpoints import save_sam2_video_folder
 
     work = tmp_path_factory.mktemp("label-studio-video")
-    try:
-        data_dir = fresh_data_dir(work / "data")
-    except HarnessError as error:
-        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
     folder = save_sam2_video_folder(work / "sam2.1-hiera-tiny", object_score_bias=4.0)
     video = work / "cars.webm"
     write_webm(video, scene_frames(FRAMES, WIDTH, HEIGHT, [CAR]))
-    with LabelStudio(data_dir, work / "label-studio.log") as label_studio:
-        env = {"SAM_CHOICE": "SAM2", "SAM2_MODEL_DIR": str(folder), "DEVICE": "cpu",
-               "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-               "VIDEO_KEYFRAME_TOLERANCE": str(TOLERANCE)}
-        backend = BackendProcess(env, log_path=work / "backend.log")
-        try:
-            backend.wait_ready(BACKEND_START_TIMEOUT_S)
-            project_id = label_studio.create_project("sam-ls-backend video e2e", VIDEO_CONFIG)
-            task_id = label_studio.import_image(project_id, video)
-            ml_id = label_studio.connect_ml_backend(project_id, backend.url)
-            yield VideoProject(label_studio, project_id, ml_id, task_id, video, folder)
-        finally:
-            backend.stop()
+    env = {"SAM_CHOICE": "SAM2", "SAM2_MODEL_DIR": str(folder), "DEVICE": "cpu",
+           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+           "VIDEO_KEYFRAME_TOLERANCE": str(TOLERANCE)}
+    backend = BackendProcess(env, log_path=work / "backend.log")
+    try:
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        project_id = label_studio.create_project("sam-ls-backend video e2e", VIDEO_CONFIG)
+        task_id = label_studio.import_image(project_id, video)
+        ml_id = label_studio.connect_ml_backend(project_id, backend.url)
+        yield VideoProject(label_studio, project_id, ml_id, task_id, video, folder)
+    finally:
+        backend.stop()
 
 
 def car_region() -> dict:

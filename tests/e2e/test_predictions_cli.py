@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from tests.support.label_studio import LabelStudio
 from tests.support.moving_masks import moving_mask_sam
 from tests.support.shape_scenes import shape_scene
 
@@ -27,27 +26,16 @@ CONFIG = """<View><Image name="image" value="$image"/>
 
 
 @pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    work = tmp_path_factory.mktemp("label-studio-predictions")
-    (work / "files" / "images").mkdir(parents=True)
-    try:
-        data_dir = fresh_data_dir(work / "data")
-    except HarnessError as error:
-        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
-    with LabelStudio(data_dir, work / "label-studio.log", local_files_root=work / "files") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def project(label_studio: LabelStudio) -> int:
     """A detection + polygon project of TASKS generated images served through a local-files storage."""
     assert label_studio.local_files_root is not None
-    folder = label_studio.local_files_root / "images"
+    folder = label_studio.local_files_root / "predictions"
+    folder.mkdir()
     for index in range(TASKS):
         Image.fromarray(shape_scene(WIDTH, HEIGHT, seed=index)[0]).save(folder / f"scene-{index}.png")
     project_id = label_studio.create_project("sam-ls-backend predictions", CONFIG)
     label_studio.add_local_files_storage(project_id, folder)
-    tasks = [{"data": {"image": f"/data/local-files/?d=images/scene-{index}.png"}} for index in range(TASKS)]
+    tasks = [{"data": {"image": f"/data/local-files/?d=predictions/scene-{index}.png"}} for index in range(TASKS)]
     assert len(label_studio.import_tasks(project_id, tasks)) == TASKS
     return project_id
 

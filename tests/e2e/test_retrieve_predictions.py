@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.support.backend_process import BackendProcess
-from tests.support.label_studio import LABEL_STUDIO_VERSION, HarnessError, LabelStudio, fresh_data_dir
+from tests.support.label_studio import LabelStudio
 from tests.support.reference import decode_brush_region
 from tests.support.shape_scenes import shape_scene
 
@@ -28,18 +28,6 @@ CONFIG = """<View><Image name="image" value="$image"/>
 </View>"""
 # Random weights keep no mask at the generator's default filters: these are off, so each image has masks.
 GRID = {"EVERYTHING_POINTS_PER_SIDE": "2", "EVERYTHING_PRED_IOU": "0", "EVERYTHING_STABILITY": "0"}
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    work = tmp_path_factory.mktemp("label-studio-retrieve")
-    (work / "files" / "images").mkdir(parents=True)
-    try:
-        data_dir = fresh_data_dir(work / "data")
-    except HarnessError as error:
-        pytest.fail(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed or prepared: {error}")
-    with LabelStudio(data_dir, work / "label-studio.log", local_files_root=work / "files") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +67,14 @@ def test_retrieve_and_open_store_the_generators_masks(label_studio: LabelStudio,
                                                      vit_t_checkpoint: Path) -> None:
     ls = label_studio
     assert ls.local_files_root is not None
-    folder = ls.local_files_root / "images"
+    folder = ls.local_files_root / "retrieve"
+    folder.mkdir()
     images = [shape_scene(WIDTH, HEIGHT, seed=index)[0] for index in range(TASKS)]
     for index, image in enumerate(images):
         Image.fromarray(image).save(folder / f"scene-{index}.png")
     project = ls.create_project("sam-ls-backend retrieve", CONFIG)
     ls.add_local_files_storage(project, folder)
-    task_ids = ls.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=images/scene-{index}.png"}}
+    task_ids = ls.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=retrieve/scene-{index}.png"}}
                                          for index in range(TASKS)])
     ls.connect_ml_backend(project, backend_url)
 
