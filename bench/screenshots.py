@@ -22,7 +22,7 @@ from PIL import Image
 from bench.ui_stack import UiStack, ui_stack
 from tests.support.backend_process import BackendProcess
 from tests.support.browser import LabelingPage
-from tests.support.ls_bodies import SAM_CONFIG
+from tests.support.ls_bodies import SAM_CONFIG, TWO_LABELS_CONFIG
 from tests.support.sam3_reference import CONCEPT_CONFIG
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -30,15 +30,6 @@ SIZE = (320, 240)
 WIDTH_PX = 360  # pictures are scaled to this width
 COLOURS = 128
 
-TWO_LABELS_CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="Cat" background="#FF0000"/><Label value="Dog" background="#00FF00"/>
-  </BrushLabels>
-  <RectangleLabels name="tag3" toName="image" smart="true">
-    <Label value="Cat" background="#FF8800"/><Label value="Dog" background="#0088FF"/>
-  </RectangleLabels>
-</View>"""
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from tests.support.backend_process import BackendProcess
-from tests.support.browser import Chromium, LabelingPage, log_in
+from tests.support.browser import Chromium, LabelingPage, logged_in_chromium
 from tests.support.checkpoints import save_random_checkpoint
 from tests.support.label_studio import ADMIN_EMAIL, ADMIN_PASSWORD, LabelStudio, fresh_data_dir
 from tests.support.scenes import scene
@@ -58,13 +58,7 @@ def ui_stack(env: dict[str, str] | None = None) -> Iterator[UiStack]:
             backend = BackendProcess(settings, log_path=work / "backend.log")
             try:
                 backend.wait_ready(BACKEND_START_S)
-                chromium = Chromium()
-                try:
-                    page = chromium.context.new_page()
-                    log_in(page, label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # the cookie serves every page
-                    page.close()
+                with logged_in_chromium(label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD) as chromium:
                     yield UiStack(label_studio, backend, chromium, work)
-                finally:
-                    chromium.close()
             finally:
                 backend.stop()

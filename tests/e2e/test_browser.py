@@ -23,13 +23,13 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from tests.support.backend_process import BackendProcess
-from tests.support.browser import Chromium, Exchange, LabelingPage, is_loopback, log_in
+from tests.support.browser import Chromium, Exchange, LabelingPage, is_loopback, logged_in_chromium
 from tests.support.label_studio import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     LabelStudio,
 )
-from tests.support.ls_bodies import SAM_CONFIG, predict_body
+from tests.support.ls_bodies import SAM_CONFIG, TWO_LABELS_CONFIG, predict_body
 from tests.support.recording_backend import RecordingBackend
 from tests.support.reference import reference_answer, reference_mask
 from tests.support.sam3_reference import CONCEPT_CONFIG, concept_reference
@@ -55,15 +55,6 @@ NEGATIVE_CONFIG = """<View>
   </RectangleLabels>
 </View>"""
 
-TWO_LABELS_CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="Cat" background="#FF0000"/><Label value="Dog" background="#00FF00"/>
-  </BrushLabels>
-  <RectangleLabels name="tag3" toName="image" smart="true">
-    <Label value="Cat" background="#FF8800"/><Label value="Dog" background="#0088FF"/>
-  </RectangleLabels>
-</View>"""
 
 
 @dataclass(frozen=True)
@@ -102,14 +93,8 @@ def stack(label_studio: LabelStudio, vit_t_checkpoint: Path,
     backend = BackendProcess(env, log_path=work / "backend.log")
     try:
         backend.wait_ready(BACKEND_START_TIMEOUT_S)
-        chromium = Chromium()
-        try:
-            page = chromium.context.new_page()
-            log_in(page, label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # the cookie serves every page
-            page.close()
+        with logged_in_chromium(label_studio.url, ADMIN_EMAIL, ADMIN_PASSWORD) as chromium:
             yield Stack(label_studio, backend.url, chromium, work)
-        finally:
-            chromium.close()
     finally:
         backend.stop()
 

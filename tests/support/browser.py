@@ -115,6 +115,19 @@ class Chromium:
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def logged_in_chromium(base_url: str, email: str, password: str) -> Iterator[Chromium]:
+    """A Chromium whose context is logged in to the Label Studio at `base_url`; closed on the way out."""
+    chromium = Chromium()
+    try:
+        page = chromium.context.new_page()
+        log_in(page, base_url, email, password)  # the cookie serves every page of the context
+        page.close()
+        yield chromium
+    finally:
+        chromium.close()
+
+
 def log_in(page: Any, base_url: str, email: str, password: str) -> None:
     """Log in through Label Studio's login form; the session cookie then serves every page of the context."""
     page.goto(f"{base_url}/user/login/")

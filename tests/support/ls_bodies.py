@@ -35,3 +35,14 @@ def rectangle(x: float, y: float, w: float, h: float, width: int = 320, height: 
             "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]},
             "is_positive": True, "id": f"rect_{x}_{y}", "from_name": "tag3", "to_name": "image",
             "type": "rectanglelabels", "origin": "manual"}
+
+# Two labels on both the brush and the smart rectangles: several objects of a task, each with its own label.
+TWO_LABELS_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Cat" background="#FF0000"/><Label value="Dog" background="#00FF00"/>
+  </BrushLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Cat" background="#FF8800"/><Label value="Dog" background="#0088FF"/>
+  </RectangleLabels>
+</View>"""
