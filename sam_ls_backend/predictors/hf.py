@@ -8,9 +8,7 @@ upscaling), so a mask from here equals what `Sam2Processor.post_process_masks` m
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -18,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from sam_ls_backend.compute_thread import on_compute_thread
-from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
-from sam_ls_backend.predictors.device import resolve_device, use_torch_threads
 from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.transformers_folder import load_pretrained
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 
@@ -101,32 +98,3 @@ class HfPromptPredictor:
                       mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
         """One mask per prompt, each refined by its previous logits when given."""
         return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
-
-
-def import_transformers() -> Any:
-    """`transformers`, made unable to reach the network before it is first imported (HF_HUB_OFFLINE)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # weights, configs and the tokenizer come from the folder only
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        import torch  # noqa: F401
-        import transformers
-    except ImportError as error:
-        raise ConfigError(f"SAM 2.1 and SAM 3 need torch and transformers: {error}") from None
-    return transformers
-
-
-def load_pretrained(settings: Settings, folder: ModelFile, model_class: str, processor_class: str) -> tuple[Any, Any]:
-    """`transformers.<model_class>` and `<processor_class>` from the local model folder only, on DEVICE, in
-    eval mode (start-up or a first video request: takes seconds; the time goes to the log)."""
-    transformers = import_transformers()
-    path = folder.require_folder()
-    use_torch_threads(settings.torch_threads)
-    started = time.perf_counter()
-    try:
-        model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True)
-        processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} does not hold a {model_class} model folder: {error}") from None
-    model = model.to(resolve_device(settings.device)).eval()
-    log.info("loaded %s from %s on %s in %.1f s", model_class, path, model.device, time.perf_counter() - started)
-    return model, processor

@@ -21,7 +21,8 @@ from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.predictors.base import Embedding, LoadedModels
 from sam_ls_backend.predictors.files import ModelFile
-from sam_ls_backend.predictors.hf import load_pretrained, load_prompt_predictor
+from sam_ls_backend.predictors.hf import load_prompt_predictor
+from sam_ls_backend.predictors.transformers_folder import load_pretrained
 from sam_ls_backend.predictors.video import load_video_tracker
 from sam_ls_backend.settings import Settings
 

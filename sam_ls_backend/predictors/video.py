@@ -21,6 +21,7 @@ from typing import Any
 from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.media.video import VideoFile
 from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.transformers_folder import load_pretrained
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,5 @@ def _tensor_bytes(value: Any) -> int:
 def load_video_tracker(settings: Settings, folder: ModelFile, model_class: str, processor_class: str,
                        model_type: str) -> VideoTracker:
     """A video tracker (`transformers.<model_class>`) from the local model folder (takes seconds)."""
-    from sam_ls_backend.predictors.hf import load_pretrained  # hf names this loader: imported when called
-
     model, processor = load_pretrained(settings, folder, model_class, processor_class)
     return VideoTracker(model, processor, model_type)
