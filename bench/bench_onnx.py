@@ -77,26 +77,28 @@ def main() -> None:
         print_header(model_type, "random weights" if args.checkpoint is None else checkpoint.name, export_s)
         print(f"{'step':<36} {'variant':<36} {'file MiB':>8} {'median ms':>10} {'vs server torch':>15} "
               f"{'worst IoU':>10}")
-        bench_encoder(reference, encoder_variants(sam, model_type, files, args.compile), args.repeats)
-        decoders = decoder_variants(reference, files)
+        bench_encoder(reference, encoder_variants(sam, model_type, files, args.compile, args.served_only),
+                      args.repeats)
+        decoders = decoder_variants(reference, files, args.served_only)
         for width, height in SIZES:
             bench_decoder(reference, decoders, synthetic_picture(width, height), args.repeats)
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
-def encoder_variants(sam: torch.nn.Module, model_type: str, files: list[Path], compile_too: bool) -> list[Variant]:
-    """Every image encoder variant; the first is the server's torch path, the reference of the ratios."""
+def encoder_variants(sam: torch.nn.Module, model_type: str, files: list[Path], compile_too: bool,
+                     served_only: bool = False) -> list[Variant]:
+    """Every image encoder variant (`served_only`: torch and ONNX Runtime as the server runs them, and int8);
+    the first is the server's torch path, the reference of the ratios."""
     served = SamImagePredictor(sam, model_type)
-    variants = [
-        Variant("torch (server: inference_mode)", served.embed),
-        Variant("torch eager (no_grad)", eager_encoder(served)),
-        Variant("torch, 1 thread", served.embed, threads=1),
-        Variant("torch, channels-last", channels_last_encoder(sam, model_type)),
-    ]
+    variants = [Variant("torch (server: inference_mode)", served.embed)]
+    if not served_only:
+        variants += [Variant("torch eager (no_grad)", eager_encoder(served)),
+                     Variant("torch, 1 thread", served.embed, threads=1),
+                     Variant("torch, channels-last", channels_last_encoder(sam, model_type))]
     if compile_too:
         variants.append(Variant("torch.compile", compiled_encoder(sam, model_type)))
     fp32, int8 = graph_file(files, ENCODER_GRAPH, ""), graph_file(files, ENCODER_GRAPH, ".int8")
-    for name, options in ort_settings():
+    for name, options in ort_settings()[:1] if served_only else ort_settings():
         session = open_graph(fp32, "ONNX_ENCODER", ENCODER_GRAPH, "cpu", session_options(**options))
         variants.append(Variant(f"ORT fp32, {name}", OnnxImageEncoder(session), file=fp32))
     session = open_graph(int8, "ONNX_ENCODER", ENCODER_GRAPH, "cpu")
@@ -104,12 +106,13 @@ def encoder_variants(sam: torch.nn.Module, model_type: str, files: list[Path], c
     return variants
 
 
-def decoder_variants(reference: SamImagePredictor, files: list[Path]) -> list[Variant]:
+def decoder_variants(reference: SamImagePredictor, files: list[Path], served_only: bool = False) -> list[Variant]:
     """Every prompt decoder variant (each decodes the sample prompts); the first is the server's torch path."""
-    variants = [Variant("torch (server: inference_mode)", reference),
-                Variant("torch, 1 thread", reference, threads=1)]
+    variants = [Variant("torch (server: inference_mode)", reference)]
+    if not served_only:
+        variants.append(Variant("torch, 1 thread", reference, threads=1))
     fp32, int8 = graph_file(files, DECODER_GRAPH, ""), graph_file(files, DECODER_GRAPH, ".int8")
-    for name, options in ort_settings():
+    for name, options in ort_settings()[:1] if served_only else ort_settings():
         session = open_graph(fp32, "ONNX_DECODER", DECODER_GRAPH, "cpu", session_options(**options))
         variants.append(Variant(f"ORT fp32, {name}", OnnxSamPredictor(session, no_encoder, reference.model_type),
                                 file=fp32))
@@ -276,6 +279,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, help="SAM or MobileSAM checkpoint (default: random weights)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per step (default 5)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes)")
+    parser.add_argument("--served-only", action="store_true",
+                        help="only the served torch and ONNX Runtime settings, and int8: every ONNX Runtime session "
+                             "of a ViT-B/L/H encoder holds GBs, and all variants at once exhaust 24 GB")
     return parser.parse_args()
 
 
