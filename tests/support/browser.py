@@ -344,6 +344,11 @@ class LabelingPage:
             "         box.top + layer.y() + y / 100 * dims.height * layer.scaleY()]; }", [x, y, self.video_name])
         return float(point[0]), float(point[1])
 
+    def video_frame_box(self) -> dict[str, float]:
+        """The page box ({x, y, width, height}) in which the current frame is drawn."""
+        (x0, y0), (x1, y1) = self._video_point(0, 0), self._video_point(100, 100)
+        return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+
     def draw_video_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
         """Drag a VideoRectangle from (x0 %, y0 %) to (x1 %, y1 %) of the current frame."""
         ax, ay = self._video_point(x0, y0)
