@@ -4,7 +4,10 @@ Label Studio 1.23.2 (`label_studio.py`), the backend (`_wsgi.py` with a random-w
 headless Chromium driven by Playwright (`browser.py`) share one module: each test opens a task in the page,
 switches on Auto-Annotation and Auto-Accept, draws with a smart tool, and checks what the editor then holds
 against what the backend answered and what `segment_anything.SamPredictor` computes for the prompt the page
-sent. A failing test leaves a screenshot and the editor's state in tests/e2e/artifacts/.
+sent, and what the canvas paints (read back from its Konva layers). Two more backends join for their tests:
+SAM 3 (a typed concept) and SAM 2.1 (polygons that cover part of the image, and a video box tracked on its
+label click and shown on a later frame). The last test checks that no page tried to leave loopback. A failing
+test leaves a screenshot and the editor's state in tests/e2e/artifacts/.
 """
 
 from __future__ import annotations
@@ -29,23 +32,22 @@ from tests.support.label_studio import (
     ADMIN_PASSWORD,
     LabelStudio,
 )
-from tests.support.ls_bodies import SAM_CONFIG, TWO_LABELS_CONFIG, predict_body
+from tests.support.ls_bodies import POLYGON_CONFIG, SAM_CONFIG, TWO_LABELS_CONFIG, predict_body
 from tests.support.recording_backend import RecordingBackend
 from tests.support.reference import reference_answer, reference_mask
 from tests.support.sam3_reference import CONCEPT_CONFIG, concept_reference
 from tests.support.scenes import scene
+from tests.support.video_bodies import VIDEO_CONFIG
+from tests.support.video_oracle import interpolated_box
+from tests.support.videos import Square, scene_frames, write_webm
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BACKEND_START_TIMEOUT_S = 180.0
 WIDTH, HEIGHT = 320, 240
 IMAGE_SEED = 11
+VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FRAMES = 160, 96, 12
+VIDEO_SQUARE = Square((10, 20), (5, 1), 24)  # moves 5 px right and 1 px down a frame
 POLYGON_MIN_AREA = 64  # the backend's default: smaller parts are dropped, smaller holes filled
-
-POLYGON_CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
-  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" background="#0000FF"/></RectangleLabels>
-</View>"""
 
 NEGATIVE_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -198,6 +200,7 @@ def test_smart_rectangle_on_a_polygon_project_gives_polygons(stack: Stack, label
     drawn = polygons_mask(held)
     iou = (drawn & outline).sum() / (drawn | outline).sum()
     assert iou > 0.9, f"the polygons cover SamPredictor's mask for the rectangle sent with IoU {iou:.3f} only"
+    assert_drawn(labeling, held)  # random MobileSAM weights: the polygons cover nearly the whole image
 
 
 def without_specks_and_holes(mask: np.ndarray, area: int) -> np.ndarray:
@@ -214,12 +217,26 @@ def without_specks_and_holes(mask: np.ndarray, area: int) -> np.ndarray:
 
 
 def polygons_mask(regions: list[dict[str, Any]]) -> np.ndarray:
-    """The HEIGHT×WIDTH pixels inside polygon regions whose vertices sit on pixel centres (percent of the image)."""
+    """The HEIGHT×WIDTH pixels whose centres lie inside polygon regions (vertices in percent of the image)."""
     canvas = np.zeros((HEIGHT, WIDTH), np.uint8)
-    rings = [np.round(np.array(r["value"]["points"]) * np.array([WIDTH, HEIGHT]) / 100 - 0.5).astype(np.int32)
+    rings = [np.round((np.array(r["value"]["points"]) * np.array([WIDTH, HEIGHT]) / 100 - 0.5) * 16).astype(np.int32)
              for r in regions]
-    cv2.fillPoly(canvas, rings, 1)
+    cv2.fillPoly(canvas, rings, 1, shift=4)  # 4 fractional bits: vertices off the pixel-centre grid
     return canvas.astype(bool)
+
+
+def assert_drawn(labeling: LabelingPage, regions: list[dict[str, Any]]) -> np.ndarray:
+    """The canvas paints the polygon regions where they are (IoU > 0.85 with their pixels on the canvas, read
+    back from the regions' Konva layers: the strokes and their antialiasing add a fringe), and nothing once
+    they are hidden; returns the painted pixels (HEIGHT×WIDTH bool)."""
+    painted, on_canvas = (np.array(rows) for rows in labeling.drawn_polygons(WIDTH, HEIGHT))
+    assert on_canvas.mean() > 0.8, "the editor shows most of the image"
+    inside = polygons_mask(regions) & on_canvas
+    iou = (painted & inside).sum() / max((painted | inside).sum(), 1)
+    assert iou > 0.85, f"the canvas paints the polygons' pixels with IoU {iou:.3f} only"
+    labeling.hide_regions()
+    assert not np.array(labeling.drawn_polygons(WIDTH, HEIGHT)[0]).any(), "hidden polygons are still painted"
+    return painted
 
 
 def test_several_rectangles_give_one_region_each_with_its_label(stack: Stack, labeling: LabelingPage,
@@ -518,6 +535,104 @@ def test_a_concept_typed_in_the_textarea_gives_one_region_per_instance(
     assert [r["id"] for r in held] == car
     for region, (_, mask) in zip(held, concept_reference(sam3.folder, image, "car", sam3.default)):
         assert np.array_equal(brush_mask(region), mask)
+
+
+@dataclass(frozen=True)
+class Sam2:
+    """A third backend, SAM_CHOICE=SAM2 on the tiny random-weight `sam2_video` folder the video tests use
+    (its object-score head biased, so that objects stay found), and a short VP9 WebM of a moving square."""
+
+    url: str
+    video: Path
+
+
+@pytest.fixture(scope="module")
+def sam2(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sam2]:
+    from tests.support.hf_checkpoints import save_sam2_video_folder
+
+    work = tmp_path_factory.mktemp("sam2-video")
+    folder = save_sam2_video_folder(work / "sam2.1-hiera-tiny", object_score_bias=4.0)
+    video = work / "square.webm"
+    write_webm(video, scene_frames(VIDEO_FRAMES, VIDEO_WIDTH, VIDEO_HEIGHT, [VIDEO_SQUARE]))
+    env = {"SAM_CHOICE": "SAM2", "SAM2_MODEL_DIR": str(folder), "DEVICE": "cpu",
+           "LABEL_STUDIO_URL": stack.label_studio.url, "LABEL_STUDIO_API_KEY": stack.label_studio.token}
+    backend = BackendProcess(env, log_path=work / "backend.log")
+    try:
+        backend.wait_ready(BACKEND_START_TIMEOUT_S)
+        yield Sam2(backend.url, video)
+    finally:
+        backend.stop()
+
+
+def test_the_polygons_of_a_smart_rectangle_are_drawn_where_they_are(
+        stack: Stack, sam2: Sam2, labeling: LabelingPage) -> None:
+    """The page draws the polygons it holds, and only there. SAM 2.1's tiny random-weight model answers
+    polygons covering part of the image (MobileSAM's random weights cover nearly all of it, where a faint
+    image-wide tint was mistaken for nothing drawn): the canvas paints their inside, not their outside."""
+    project_id, task_id, _ = stack.project(POLYGON_CONFIG, backend_url=sam2.url)
+    open_for_smart_tools(labeling, project_id, task_id)
+    labeling.smart_tool("rectangle")
+    labeling.label("Object", block=1)
+    labeling.drag(5.0, 10.0, 45.0, 60.0)
+    (exchange,) = labeling.wait_for_answers(1)
+
+    held = labeling.regions()
+    assert [r["type"] for r in held] == ["polygonlabels"] * len(exchange.result) and len(held) > 1
+    for region, answer in zip(held, exchange.result):
+        assert region["id"] == answer["id"]
+        np.testing.assert_allclose(region["value"]["points"], answer["value"]["points"], atol=1e-9)
+    painted = assert_drawn(labeling, held)
+    assert 0.1 < painted.mean() < 0.9, f"pick a rectangle whose polygons cover part of the image: {painted.mean():.2f}"
+
+
+def test_a_video_box_tracked_on_its_label_click_is_shown_on_a_later_frame(
+        stack: Stack, sam2: Sam2, labeling: LabelingPage) -> None:
+    """A VideoRectangle drawn on frame 1 sends nothing; selected, then its label clicked (Label Studio
+    1.23.2's one trigger), it reaches the SAM 2.1 backend alone, and the answer's keyframes replace the
+    region's: the drawn keyframe first, tracked ones after it. Stepped forward to a later frame, the player
+    draws the box there where the keyframes put it. Random weights: the track's geometry is not checked here
+    (test_e2e_video.py and tests/integration/test_video.py compare it with transformers' video API)."""
+    ls = stack.label_studio
+    project_id = ls.create_project("sam-ls-backend browser video", VIDEO_CONFIG)
+    task_id = ls.import_image(project_id, sam2.video)
+    ls.connect_ml_backend(project_id, sam2.url)
+    labeling.open_video_task(project_id, task_id)
+    labeling.set_toggle("auto-annotation", True)
+    x0, y0, x1, y1 = VIDEO_SQUARE.box(0)
+    to_x, to_y = 100 / VIDEO_WIDTH, 100 / VIDEO_HEIGHT
+    labeling.draw_video_box(x0 * to_x, y0 * to_y, x1 * to_x, y1 * to_y)
+    (drawn,) = of_type(labeling.regions(), "videorectangle")
+    assert labeling.log.exchanges == [], "drawing alone sends nothing"
+    (keyframe,) = drawn["value"]["sequence"]
+    assert keyframe["frame"] == 1 and keyframe["enabled"]
+    labeling.click_video(keyframe["x"] + keyframe["width"] / 2, keyframe["y"] + keyframe["height"] / 2)
+    assert labeling.selected_region_ids() == [drawn["id"]]
+    labeling.click_label("Car")
+    (exchange,) = labeling.wait_for_answers(1)
+
+    (sent,) = exchange.regions
+    assert sent["id"] == drawn["id"] and sent["type"] == "videorectangle"
+    assert sent["value"]["labels"] == ["Car"] and sent["value"]["sequence"] == [keyframe]
+    (answered,) = exchange.result
+    assert answered["id"] == drawn["id"] and answered["value"]["labels"] == ["Car"]
+    sequence = answered["value"]["sequence"]
+    assert sequence[0] == keyframe, "the annotator's keyframe comes back as drawn"
+    assert len(sequence) > 1 and all(k["frame"] > 1 for k in sequence[1:]), "tracked keyframes follow it"
+    (held,) = of_type(labeling.regions(), "videorectangle")
+    assert held["id"] == drawn["id"] and held["value"]["labels"] == ["Car"]
+    assert [k["frame"] for k in held["value"]["sequence"]] == [k["frame"] for k in sequence], \
+        "the region's keyframes are the answer's"
+
+    later = labeling.step_forward()
+    assert 1 < later <= VIDEO_FRAMES
+    shown = labeling.shown_video_box(drawn["id"])
+    expected = interpolated_box(sequence, later, VIDEO_WIDTH, VIDEO_HEIGHT)
+    assert expected is not None, "random weights lost the object: raise the folder's object_score_bias"
+    assert shown is not None and shown["visible"] and shown["opacity"] == 1, f"no box drawn on frame {later}"
+    shown_px = (shown["x"] / to_x, shown["y"] / to_y, (shown["x"] + shown["width"]) / to_x,
+                (shown["y"] + shown["height"]) / to_y)
+    np.testing.assert_allclose(shown_px, expected, atol=0.5, err_msg=f"the box drawn on frame {later}")
+    assert stack.chromium.refused == [], "the labeling page tried to reach beyond loopback"
 
 
 def test_the_page_stays_on_loopback(stack: Stack, labeling: LabelingPage) -> None:

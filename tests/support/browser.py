@@ -3,8 +3,9 @@
 The browser is Debian's `chromium` (never a browser Playwright downloads), started with a fresh profile and
 with every request that leaves loopback aborted and recorded, so a test can assert the page tried none.
 `LabelingPage` knows the selectors of Label Studio 1.23.2's editor: the bottom bar's Auto-Annotation and
-Auto-Accept toggles, the smart tools, the labels, and the image; it clicks and drags in percent of the image
-and reads what the editor holds through `window.Htx`. `InteractiveLog` records every
+Auto-Accept toggles, the smart tools, the labels, the image, and a video's player and box canvas; it clicks
+and drags in percent of the image or video frame, reads what the editor holds through `window.Htx`, and what
+its canvas draws through Konva (global in the page). `InteractiveLog` records every
 `/api/ml/<id>/interactive-annotating` exchange: what the page sent and what Label Studio answered.
 Every wait is bounded.
 """
@@ -36,6 +37,10 @@ ANSWER_TIMEOUT_S = 120.0
 # The page sends its request at once after a click or drag.
 REQUEST_TIMEOUT_S = 15.0
 SETTLE_S = 0.5
+
+
+# The Konva stage drawing a video's boxes (Konva is global in Label Studio's page).
+_VIDEO_STAGE = "Konva.stages.find(s => s.container().closest('.lsf-video__main'))"
 
 
 class BrowserError(RuntimeError):
@@ -144,9 +149,10 @@ def log_in(page: Any, base_url: str, email: str, password: str) -> None:
 class LabelingPage:
     """One task open in Label Studio's labeling page, with helpers named after what an annotator does."""
 
-    def __init__(self, page: Any, base_url: str) -> None:
+    def __init__(self, page: Any, base_url: str, video_name: str = "video") -> None:
         self.page = page
         self.base_url = base_url
+        self.video_name = video_name  # the <Video> tag's name, for video tasks
         self.log = InteractiveLog()
         self._pending: list[Exchange] = []
         page.on("request", self._on_request)
@@ -201,6 +207,16 @@ class LabelingPage:
             "() => { const img = document.querySelector('img[src^=\"blob:\"]');"
             " return img && img.complete && img.naturalWidth > 0; }", timeout=EDITOR_TIMEOUT_MS)
 
+    def open_video_task(self, project_id: int, task_id: int) -> None:
+        """Open a video task and wait for the editor, a playable video and the canvas boxes are drawn on."""
+        self.page.goto(f"{self.base_url}/projects/{project_id}/data?task={task_id}")
+        self.page.wait_for_function(
+            "() => window.Htx && Htx.annotationStore && Htx.annotationStore.selected", timeout=EDITOR_TIMEOUT_MS)
+        self.page.wait_for_function(
+            "() => { const v = document.querySelector('video');"
+            f" return !!v && v.readyState >= 2 && !!window.Konva && !!{_VIDEO_STAGE}; }}",
+            timeout=EDITOR_TIMEOUT_MS)
+
     def set_toggle(self, name: str, on: bool) -> None:
         """Set the bottom bar's `auto-annotation` or `auto-accept` toggle."""
         toggle = self.page.locator(f"[data-testid=bottombar-{name}-toggle]")
@@ -236,6 +252,10 @@ class LabelingPage:
         if "lsf-label_selected" not in (label.get_attribute("class") or ""):
             label.click()
         self.page.wait_for_timeout(100)
+
+    def click_label(self, value: str) -> None:
+        """Click the label `value` as it is, regions left selected: a selected region takes the label."""
+        self.page.locator(".lsf-label", has_text=value).first.click()
 
     def accept_suggestions(self) -> None:
         """Press the bottom bar's ✓: the pending suggestions become regions, the smart regions are deleted."""
@@ -313,7 +333,112 @@ class LabelingPage:
         finally:
             self.page.keyboard.up("Alt")
 
+    # --- acting on a video ------------------------------------------------------------------------------
+    def _video_point(self, x: float, y: float) -> tuple[float, float]:
+        """Page coordinates of (x %, y %) of the video frame as the boxes' canvas draws it."""
+        point = self.page.evaluate(
+            "([x, y, name]) => { const s = " + _VIDEO_STAGE + "; const layer = s.getLayers()[0];"
+            " const dims = Htx.annotationStore.selected.names.get(name).ref.current.videoDimensions;"
+            " const box = s.container().getBoundingClientRect();"
+            " return [box.left + layer.x() + x / 100 * dims.width * layer.scaleX(),"
+            "         box.top + layer.y() + y / 100 * dims.height * layer.scaleY()]; }", [x, y, self.video_name])
+        return float(point[0]), float(point[1])
+
+    def video_frame_box(self) -> dict[str, float]:
+        """The page box ({x, y, width, height}) in which the current frame is drawn."""
+        (x0, y0), (x1, y1) = self._video_point(0, 0), self._video_point(100, 100)
+        return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+
+    def draw_video_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """Drag a VideoRectangle from (x0 %, y0 %) to (x1 %, y1 %) of the current frame."""
+        ax, ay = self._video_point(x0, y0)
+        bx, by = self._video_point(x1, y1)
+        self.page.mouse.move(ax, ay)
+        self.page.mouse.down()
+        self.page.mouse.move(bx, by, steps=8)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(SETTLE_S * 1000)
+
+    def click_video(self, x: float, y: float) -> None:
+        """Click (x %, y %) of the current frame: on a box, that selects it."""
+        self.page.mouse.click(*self._video_point(x, y))
+        self.page.wait_for_timeout(SETTLE_S * 1000)
+
+    def video_frame(self) -> int:
+        """The player's current frame, 1-based."""
+        return int(self.page.evaluate("(name) => Htx.annotationStore.selected.names.get(name).frame",
+                                      self.video_name))
+
+    def step_forward(self) -> int:
+        """Press the player's Step forward button (Label Studio 1.23.2 moves 10 frames, or to the end) and
+        return the 1-based frame the video then shows."""
+        before = self.video_frame()
+        self.page.click("button[aria-label='Step forward']")
+        deadline = time.monotonic() + 10
+        while self.video_frame() == before and time.monotonic() < deadline:
+            self.page.wait_for_timeout(100)
+        if self.video_frame() == before:
+            raise BrowserError(f"Step forward left the player on frame {before}")
+        self.page.wait_for_timeout(SETTLE_S * 1000)
+        return self.video_frame()
+
+    def shown_video_box(self, region_id: str) -> dict[str, Any] | None:
+        """The box the canvas draws for region `region_id` (without '#annotation') on the current frame, in
+        percent of the frame, with Konva's `visible` and `opacity`; None when no box is drawn for it."""
+        return self.page.evaluate(
+            "([id, name]) => { const s = " + _VIDEO_STAGE + ";"
+            " const node = s.find(n => n.getClassName() === 'Rect' && (n.id() || '').split('#')[0] === id)[0];"
+            " if (!node) return null;"
+            " const dims = Htx.annotationStore.selected.names.get(name).ref.current.videoDimensions;"
+            " return {x: node.x() * 100 / dims.width, y: node.y() * 100 / dims.height,"
+            "         width: node.width() * node.scaleX() * 100 / dims.width,"
+            "         height: node.height() * node.scaleY() * 100 / dims.height,"
+            "         visible: node.isVisible(), opacity: node.opacity()}; }", [region_id, self.video_name])
+
     # --- reading the editor ----------------------------------------------------------------------------
+    def drawn_polygons(self, width: int, height: int,
+                       image: str = "image") -> tuple[list[list[bool]], list[list[bool]]]:
+        """Which pixels of the width×height image the canvas paints as polygon regions: for each pixel, whether
+        its centre is painted (alpha > 0) in a Konva layer drawing a polygon's shape, read back from that
+        layer's canvas; and whether its centre is on the canvas at all (the editor's fit crops a few pixels at
+        the image's edges). Rows of booleans each. Konva draws each layer on a canvas of its own, so the image
+        and other kinds of regions do not count."""
+        rows = self.page.evaluate(
+            """([name, width, height]) => {
+              const image = Htx.annotationStore.selected.names.get(name);
+              const lines = image.stageRef.find(n => n.getClassName() === 'Line' && n.name() === '_transformable');
+              const layers = [...new Set(lines.map(line => line.getLayer()))].map(layer => {
+                const canvas = layer.getCanvas();
+                const line = lines.find(l => l.getLayer() === layer);
+                return {transform: line.getAbsoluteTransform(), ratio: canvas.getPixelRatio(), width: canvas.width,
+                        height: canvas.height,
+                        data: canvas.getContext()._context.getImageData(0, 0, canvas.width, canvas.height).data};
+              });
+              const stage = image.stageRef, transform = stage.getAbsoluteTransform();
+              const rows = [];
+              for (let r = 0; r < height; r++) {
+                let row = '';
+                for (let c = 0; c < width; c++) {
+                  const local = {x: image.internalToCanvasX((c + 0.5) * 100 / width),
+                                 y: image.internalToCanvasY((r + 0.5) * 100 / height)};
+                  const on = transform.point(local);
+                  if (on.x < 0 || on.y < 0 || on.x >= stage.width() || on.y >= stage.height()) {
+                    row += '-';
+                    continue;
+                  }
+                  row += layers.some(layer => {
+                    const at = layer.transform.point(local);
+                    const x = Math.floor(at.x * layer.ratio), y = Math.floor(at.y * layer.ratio);
+                    return x >= 0 && y >= 0 && x < layer.width && y < layer.height
+                      && layer.data[(y * layer.width + x) * 4 + 3] > 0;
+                  }) ? '1' : '0';
+                }
+                rows.push(row);
+              }
+              return rows;
+            }""", [image, width, height])
+        return [[pixel == "1" for pixel in row] for row in rows], [[pixel != "-" for pixel in row] for row in rows]
+
     def regions(self) -> list[dict[str, Any]]:
         """The selected annotation's regions, serialized as Label Studio saves them (one dict per result)."""
         return self.page.evaluate(

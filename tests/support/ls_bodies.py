@@ -46,3 +46,10 @@ TWO_LABELS_CONFIG = """<View>
     <Label value="Cat" background="#FF8800"/><Label value="Dog" background="#0088FF"/>
   </RectangleLabels>
 </View>"""
+
+# Polygons from smart rectangles: the README's polygon-only config.
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
+  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" background="#0000FF"/></RectangleLabels>
+</View>"""
