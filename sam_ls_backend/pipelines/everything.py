@@ -45,14 +45,15 @@ class EverythingPipeline:
 
     @classmethod
     def build(cls, backend: Backend) -> EverythingPipeline | None:
-        """The pipeline when PREANNOTATE=everything; a model without a grid decoder cannot serve it."""
+        """The pipeline when PREANNOTATE=everything, its grid decoder loaded now (start-up); a model without one
+        is refused here (ConfigError), as is SAM 3, whose pre-annotation is `concepts`."""
         if backend.settings.preannotate != "everything":
             return None
         predictor: Any = backend.predictor
-        if not (hasattr(predictor, "decode_grid") and hasattr(predictor, "upscale")):
-            raise ConfigError(f"PREANNOTATE=everything needs SAM or MobileSAM in torch; {backend.settings.sam_choice} "
+        if not hasattr(predictor, "grid_decoder"):
+            raise ConfigError(f"PREANNOTATE=everything needs MobileSAM, SAM or SAM 2.1; {backend.settings.sam_choice} "
                               "cannot generate masks over a point grid")
-        return cls(backend, predictor)
+        return cls(backend, predictor.grid_decoder())
 
     def take(self, regions: Regions, stats: PredictStats) -> tuple[None, Regions]:
         """Clicks are for the other pipelines."""

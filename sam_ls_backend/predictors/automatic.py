@@ -51,7 +51,8 @@ class FoundMask:
 
 
 class GridDecoder(Protocol):
-    """What a predictor offers for automatic mask generation (SamImagePredictor does)."""
+    """What a predictor's `grid_decoder()` returns for automatic mask generation: `sam_grid.SamGridDecoder` for
+    SAM and MobileSAM on either runtime, the SAM 2.1 predictor itself (`hf.py`)."""
 
     mask_threshold: float
 

@@ -3,6 +3,7 @@
 A predictor keeps nothing per image: `embed` returns an `Embedding` and `predict` takes it back, so threads
 serving different images never mix. A predictor may also offer `predict_batch` (several objects at once, each
 optionally refined with its previous low-res logits); `decode_objects` falls back to `predict` per object.
+A predictor that can serve PREANNOTATE=everything offers `grid_decoder()` (see `automatic.GridDecoder`).
 This module imports neither torch nor onnxruntime.
 """
 

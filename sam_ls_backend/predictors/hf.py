@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sam_ls_backend.compute_thread import on_compute_thread
+from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.transformers_folder import load_pretrained
@@ -43,6 +44,8 @@ def load_prompt_predictor(settings: Settings, folder: ModelFile, model_class: st
 
 class HfPromptPredictor:
     """Thread-safe SAM 2 / SAM 3 tracker inference: `embed` an image, then `predict` prompts on the embedding."""
+
+    mask_threshold = 0.0  # logits above this are the mask, as in Sam2Processor.post_process_masks
 
     def __init__(self, model: Any, processor: Any, model_type: str) -> None:
         self.model = model
@@ -98,3 +101,39 @@ class HfPromptPredictor:
                       mask_inputs: Sequence[np.ndarray | None]) -> list[MaskResult]:
         """One mask per prompt, each refined by its previous logits when given."""
         return [self.predict(embedding, prompt, mask) for prompt, mask in zip(prompts, mask_inputs)]
+
+    def grid_decoder(self) -> HfPromptPredictor:
+        """What automatic mask generation decodes with (`decode_grid`, `upscale`): SAM 2.1 itself. SAM 3's
+        pre-annotation is its concepts (PREANNOTATE=concepts)."""
+        if self.model_type != "sam2":
+            raise ConfigError(f"PREANNOTATE=everything needs MobileSAM, SAM or SAM 2.1, not {self.model_type}: "
+                              "SAM 3 pre-annotates with PREANNOTATE=concepts")
+        return self
+
+    @on_compute_thread
+    def decode_grid(self, embedding: Embedding, points: Any) -> tuple[Any, Any]:
+        """SAM 2.1's three candidates for each of N single positive clicks at `points` (N×2 float64 pixels x, y
+        of the original image), in one decoder call: low-res logits N×3×256×256 float32 and predicted IoUs N×3
+        (torch tensors on the model's device). The clicks are normalised by the processor, as for `predict`."""
+        import torch
+
+        height, width = embedding.original_size
+        clicks = [[[float(x), float(y)]] for x, y in np.asarray(points, dtype=np.float64)]
+        inputs = self.processor(original_sizes=[[height, width]], input_points=[clicks],
+                                input_labels=[[[1]] * len(clicks)], return_tensors="pt")
+        device = self.model.device
+        maps = [torch.as_tensor(array, device=device).to(self.model.dtype) for array in embedding.arrays]
+        with torch.inference_mode():
+            output = self.model(image_embeddings=maps, input_points=inputs["input_points"].to(device),
+                                input_labels=inputs["input_labels"].to(device), multimask_output=True)
+        return output.pred_masks[0].float(), output.iou_scores[0].float()
+
+    @on_compute_thread
+    def upscale(self, embedding: Embedding, low_res: Any) -> Any:
+        """Low-res logits (N×256×256) as logits in the original image frame (N×H×W float32), as
+        `Sam2Processor.post_process_masks` makes them (bilinear, straight to the image size)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.processor.post_process_masks([low_res[None]], [list(embedding.original_size)],
+                                                     binarize=False)[0][0]

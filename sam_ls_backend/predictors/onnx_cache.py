@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from sam_ls_backend.errors import ConfigError, RuntimeUnavailable
@@ -116,4 +117,11 @@ def load_exported(settings: Settings, checkpoint: ModelFile, mobile: bool):
         raise ConfigError(f"SAM_MODEL_TYPE={settings.sam_model_type} but {path.name} holds a {model_type} model")
     log.info("serving %s on ONNX Runtime (%s) from %s and %s, opened in %.1f s", model_type,
              decoder.get_providers()[0], decoder_path.name, encoder_path.name, time.perf_counter() - started)
-    return OnnxSamPredictor(decoder, OnnxImageEncoder(encoder), model_type)
+    return OnnxSamPredictor(decoder, OnnxImageEncoder(encoder), model_type, grid=partial(_grid_decoder, settings, path))
+
+
+def _grid_decoder(settings: Settings, checkpoint: Path):
+    """PREANNOTATE=everything: the checkpoint's prompt encoder and mask decoder in torch (imports torch)."""
+    from sam_ls_backend.predictors.sam import load_grid_decoder
+
+    return load_grid_decoder(settings, checkpoint)

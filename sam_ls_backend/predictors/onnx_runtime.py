@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -45,6 +45,8 @@ from sam_ls_backend.settings import Settings
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from sam_ls_backend.predictors.automatic import GridDecoder
+
 log = logging.getLogger(__name__)
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # SAM's normalisation (RGB)
@@ -70,7 +72,8 @@ def load(settings: Settings, decoder_file: ModelFile) -> LoadedModels:
         encoder = torch_image_encoder(settings, decoder_path, model_type, weights)
     log.info("loaded ONNX %s: decoder %s, encoder %s, on %s in %.1f s", model_type, decoder_path,
              encoder_path or "in torch", decoder.get_providers()[0], time.perf_counter() - started)
-    return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type))
+    grid = encoder.grid_decoder if isinstance(encoder, TorchImageEncoder) else None
+    return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type, grid))
 
 
 class OnnxSamPredictor:
@@ -78,10 +81,26 @@ class OnnxSamPredictor:
 
     runtime = "onnxruntime"
 
-    def __init__(self, decoder: ort.InferenceSession, encoder: ImageEncoder, model_type: str) -> None:
+    def __init__(self, decoder: ort.InferenceSession, encoder: ImageEncoder, model_type: str,
+                 grid: Callable[[], GridDecoder] | None = None) -> None:
         self.model_type = model_type
         self._decoder = decoder
         self._encoder = encoder
+        self._load_grid = grid
+        self._grid: GridDecoder | None = None
+        self._grid_lock = threading.Lock()
+
+    def grid_decoder(self) -> GridDecoder:
+        """What automatic mask generation decodes with, loaded on first use: the torch prompt encoder and mask
+        decoder of the checkpoint the graphs came from, fed this encoder's embeddings (the exported prompt
+        graph answers one click with one mask; the grid needs every click's three candidates)."""
+        if self._load_grid is None:
+            raise ConfigError("PREANNOTATE=everything on ONNX Runtime needs the SAM or MobileSAM checkpoint the "
+                              "graphs were exported from: unset ONNX_ENCODER so the checkpoint is loaded")
+        with self._grid_lock:
+            if self._grid is None:
+                self._grid = self._load_grid()
+            return self._grid
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an H×W×3 uint8 RGB image; the features come back as a NumPy array."""
@@ -169,7 +188,7 @@ def resized_shape(height: int, width: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weights: str) -> ImageEncoder:
+def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weights: str) -> TorchImageEncoder:
     """The torch encoder of the checkpoint the decoder was exported from (imports torch: no ONNX_ENCODER)."""
     checkpoint = sam_checkpoint(settings, model_type)
     if not checkpoint.path.is_file():
@@ -183,13 +202,23 @@ def torch_image_encoder(settings: Settings, decoder: Path, model_type: str, weig
     if weights_fingerprint(torch_predictor.model) != weights:
         raise ConfigError(f"ONNX_DECODER={decoder} was not exported from {checkpoint.path}: export it "
                           f"from that checkpoint with onnx_converter.py, or set {checkpoint.variable} to its source")
+    return TorchImageEncoder(torch_predictor)
 
-    def encode(image: np.ndarray) -> Embedding:
-        embedding = torch_predictor.embed(image)
+
+class TorchImageEncoder:
+    """The torch image encoder of the checkpoint the ONNX decoder came from; features as NumPy arrays."""
+
+    def __init__(self, torch_predictor: Any) -> None:
+        self._predictor = torch_predictor  # a predictors.sam.SamImagePredictor
+
+    def __call__(self, image: np.ndarray) -> Embedding:
+        embedding = self._predictor.embed(image)
         return Embedding(features=embedding.features.float().cpu().numpy(), input_size=embedding.input_size,
                          original_size=embedding.original_size)
 
-    return encode
+    def grid_decoder(self) -> GridDecoder:
+        """The same torch model's prompt encoder and mask decoder."""
+        return self._predictor.grid_decoder()
 
 
 def session_options(threads: int = 0, optimization: str = "all", spinning: bool = False) -> ort.SessionOptions:

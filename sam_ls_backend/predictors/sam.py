@@ -28,6 +28,7 @@ from sam_ls_backend.errors import ConfigError
 from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
 from sam_ls_backend.predictors.device import resolve_device, use_torch_threads
 from sam_ls_backend.predictors.files import ModelFile
+from sam_ls_backend.predictors.sam_grid import SamGridDecoder
 from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 
@@ -78,6 +79,8 @@ class SamImagePredictor:
         self._transform = ResizeLongestSide(model.image_encoder.img_size)
         # One image at a time through the encoder: it already uses every core (or most of a GPU).
         self._encoder_lock = threading.Lock()
+        self._grid = SamGridDecoder(model.prompt_encoder, model.mask_decoder, self.device,
+                                    model.image_encoder.img_size, float(model.mask_threshold))
 
     @on_compute_thread
     @torch.inference_mode()
@@ -119,32 +122,17 @@ class SamImagePredictor:
         """Logits above this are the mask (SAM: 0.0)."""
         return float(self.model.mask_threshold)
 
-    @on_compute_thread
-    @torch.inference_mode()
     def decode_grid(self, embedding: Embedding, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's three candidates for each of N single positive clicks at `points` (N×2 float64 pixels x, y of the
-        original image): low-res logits N×3×256×256 float32 and predicted IoUs N×3, on the model's device.
+        """SAM's three candidates for each of N single positive clicks (see `SamGridDecoder.decode_grid`)."""
+        return self._grid.decode_grid(embedding, points)
 
-        The click coordinates stay float64 until the prompt encoder, as SamAutomaticMaskGenerator passes them.
-        """
-        coords = self._transform.apply_coords(np.asarray(points, dtype=np.float64), embedding.original_size)
-        in_points = torch.as_tensor(coords, device=self.device)[:, None, :]
-        labels = torch.ones(len(points), 1, dtype=torch.int, device=self.device)
-        sparse, dense = self.model.prompt_encoder(points=(in_points, labels), boxes=None, masks=None)
-        low_res, scores = self.model.mask_decoder(
-            image_embeddings=torch.as_tensor(embedding.features, device=self.device).float(),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-        return low_res, scores
-
-    @on_compute_thread
-    @torch.inference_mode()
     def upscale(self, embedding: Embedding, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (N×256×256) as logits in the original image frame (N×H×W float32), as SamPredictor."""
-        return self.model.postprocess_masks(low_res[:, None], embedding.input_size, embedding.original_size)[:, 0]
+        return self._grid.upscale(embedding, low_res)
+
+    def grid_decoder(self) -> SamGridDecoder:
+        """What automatic mask generation decodes with: this model's own prompt encoder and mask decoder."""
+        return self._grid
 
     @on_compute_thread
     @torch.inference_mode()
@@ -186,6 +174,29 @@ class SamImagePredictor:
         logits = low_res[:, 0].float().cpu().numpy()
         return [MaskResult(mask=chosen[i], score=float(scores[i]), low_res_logits=logits[i])
                 for i in range(len(prompts))]
+
+
+def load_grid_decoder(settings: Settings, checkpoint: Path) -> SamGridDecoder:
+    """The prompt encoder and mask decoder of a SAM / MobileSAM checkpoint, without its image encoder, for
+    automatic mask generation on embeddings another runtime made (every SAM model type shares their shape)."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    use_torch_threads(settings.torch_threads)
+    started = time.perf_counter()
+    state_dict = read_state_dict(checkpoint)
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                   mask_in_chans=16)
+    mask_decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+                               transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
+    device = resolve_device(settings.device)
+    for name, module in (("prompt_encoder", prompt_encoder), ("mask_decoder", mask_decoder)):
+        prefix = f"{name}."
+        module.load_state_dict({key.removeprefix(prefix): value for key, value in state_dict.items()
+                                if key.startswith(prefix)})
+        module.to(device).eval()
+    log.info("loaded the prompt encoder and mask decoder of %s on %s for PREANNOTATE=everything in %.1f s",
+             checkpoint, device, time.perf_counter() - started)
+    return SamGridDecoder(prompt_encoder, mask_decoder, device)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

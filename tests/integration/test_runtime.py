@@ -220,3 +220,56 @@ def _environ(extra: dict[str, str]) -> dict[str, str]:
     import os
 
     return {**os.environ, **extra}
+
+
+EVERYTHING_OFF = {"EVERYTHING_POINTS_PER_SIDE": "8", "EVERYTHING_PRED_IOU": "0", "EVERYTHING_STABILITY": "0"}
+
+
+def test_everything_on_the_default_runtime_decodes_every_candidate_as_torch(auto_predictor, vit_t_predictor):
+    """The grid decoder the ONNX-served predictor offers (the checkpoint's torch prompt encoder and mask decoder,
+    fed the ONNX encoder's embedding) gives the torch runtime's three candidates per click."""
+    from sam_ls_backend.predictors.automatic import point_grid
+
+    image = scene(320, 240, seed=31)
+    ours, theirs = auto_predictor.embed(image), vit_t_predictor.embed(image)
+    points = point_grid(8) * np.array([320, 240])
+    grid = auto_predictor.grid_decoder()
+    assert auto_predictor.grid_decoder() is grid  # loaded once
+    low_res, scores = grid.decode_grid(ours, points)
+    expected_low_res, expected_scores = vit_t_predictor.decode_grid(theirs, points)
+    assert scores.shape == expected_scores.shape == (64, 3)
+    assert np.allclose(scores.numpy(), expected_scores.numpy(), atol=2e-3)
+    masks = (grid.upscale(ours, low_res.flatten(0, 1)) > 0).numpy()
+    expected = (vit_t_predictor.upscale(theirs, expected_low_res.flatten(0, 1)) > 0).numpy()
+    assert masks.shape == (192, 240, 320)
+    assert 0 < expected.sum() < expected.size  # not all empty, not all full
+    assert min(mask_iou(a, b) for a, b in zip(masks, expected)) >= 0.999
+
+
+def test_preannotate_everything_starts_on_the_default_runtime_and_finds_the_torch_runtimes_masks(
+        auto_settings, vit_t_predictor, image_host):
+    """PREANNOTATE=everything with RUNTIME=auto: the server starts (it used to refuse ONNX Runtime) and a task
+    without regions gets the masks of automatic mask generation on the torch runtime (filters off)."""
+    from sam_ls_backend.app import load_backend
+    from sam_ls_backend.pipelines.everything import grid_options
+    from sam_ls_backend.predictors.automatic import generate_masks
+    from sam_ls_backend.server import create_app
+    from sam_ls_backend.settings import Settings
+
+    env = {"RUNTIME": "auto", "DEVICE": "cpu", "MOBILESAM_CHECKPOINT": str(auto_settings.mobilesam_checkpoint),
+           "ONNX_CACHE_DIR": auto_settings.onnx_cache_dir, "PREANNOTATE": "everything",
+           "LABEL_STUDIO_URL": image_host.url, "LABEL_STUDIO_API_KEY": image_host.token, **EVERYTHING_OFF}
+    settings = Settings.from_env(env)
+    backend = load_backend(settings)
+    assert backend.predictor.runtime == "onnxruntime"
+    image = scene(320, 240, seed=32)
+    url = image_host.add_image("/data/upload/1/runtime-everything.png", image)
+    response = create_app(settings, backend).test_client().post("/predict", json=predict_body(url, None, task_id=3))
+    assert response.status_code == 200, response.json
+    regions = response.json["results"][0]["result"]
+    expected = generate_masks(vit_t_predictor, vit_t_predictor.embed(image), grid_options(settings))
+    assert expected, "an empty set on both sides would prove nothing"
+    assert len(regions) == len(expected)
+    for region, found in zip(regions, expected):
+        assert mask_iou(decode_brush_region(region), found.mask) >= 0.999
+        assert region["score"] == pytest.approx(found.score, abs=2e-3)
