@@ -88,6 +88,10 @@ class ConceptPipeline:
         """One region per instance of each image's concept, above the confidence threshold."""
         results = []
         for concept in concepts:
+            if concept.to_name in request.config.video_fields:
+                raise InvalidRequest(f"a concept typed or drawn for video '{concept.to_name}' is not answered: SAM 3 "
+                                     "finds concepts on videos only as pre-annotation (PREANNOTATE=concepts, the "
+                                     "labels of the video's Labels control)")
             text, threshold = self._concept_text(request.project, task, concept)
             controls = output_controls(request.config, concept.to_name, self.settings.result_type)
             url = image_url(task, request.config.image_field(concept.to_name))

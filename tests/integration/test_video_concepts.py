@@ -231,3 +231,11 @@ def test_drawn_boxes_are_tracked_instead_and_preannotate_off_finds_nothing(folde
                        annotations=[{"id": 1, "result": [drawn], "updated_at": "2026-02-01T00:00:00Z"}])
     assert [result["id"] for result in results] == ["car1"], "the box tracker answers a task with boxes"
     assert retrieve(make_client(folder, image_host, PREANNOTATE="off"), served) == []
+
+
+def test_a_concept_typed_for_the_video_gets_a_clear_error(folder, image_host, served) -> None:
+    body = video_body(served, [{"id": "t1", "from_name": "concept", "to_name": "video", "type": "textarea",
+                                "value": {"text": ["car"]}, "origin": "manual"}])
+    body["label_config"] = CONFIG.replace("</View>", '<TextArea name="concept" toName="video"/></View>')
+    response = make_client(folder, image_host).post("/predict", data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 400 and "PREANNOTATE=concepts" in response.get_json()["error"]
