@@ -89,9 +89,7 @@ class ConceptPipeline:
         results = []
         for concept in concepts:
             if concept.to_name in request.config.video_fields:
-                raise InvalidRequest(f"a concept typed or drawn for video '{concept.to_name}' is not answered: SAM 3 "
-                                     "finds concepts on videos only as pre-annotation (PREANNOTATE=concepts, the "
-                                     "labels of the video's Labels control)")
+                continue  # a concept typed for a video: pipelines/video_concepts.py answers it
             text, threshold = self._concept_text(request.project, task, concept)
             controls = output_controls(request.config, concept.to_name, self.settings.result_type)
             url = image_url(task, request.config.image_field(concept.to_name))

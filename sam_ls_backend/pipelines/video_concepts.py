@@ -1,5 +1,6 @@
-"""SAM 3 concepts on video tasks: with PREANNOTATE=concepts, a video task sent without objects gets every label
-of its video's `Labels` control found and tracked through the video, one `videorectangle` per instance.
+"""SAM 3 concepts on video tasks, found and tracked through the video, one `videorectangle` per instance: every
+label of the video's `Labels` control under PREANNOTATE=concepts for a task sent without objects, or a concept
+typed in a TextArea pointed at the video (Label Studio's page sends its submission like an image's).
 
 This is the video side of the image rule (pipelines/concepts.py): under PREANNOTATE=concepts a task sent
 without regions (*Retrieve predictions*, a task opened) is labelled with no one typing; each label's phrase is
@@ -9,7 +10,8 @@ VideoRectangles is the box tracker's (pipelines/video.py, registered first), wha
 Tracking stops at VIDEO_TIME_BUDGET: the answer holds the frames SAM 3 has answered so far (an instance still
 shown there ends on its last answered frame). The session is kept (VIDEO_STATE_MB, least recently used out)
 under the task, video and phrases, so asking again for the same task (Retrieve predictions again, the task
-opened again) goes on where it stopped, and a finished video is answered from what was tracked.
+opened again, the same concept submitted again) goes on where it stopped, and a finished video is answered
+from what was tracked.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sam_ls_backend.errors import InvalidRequest
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.media.video import VideoFile
 from sam_ls_backend.media.video_download import downloaded_video
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request
-from sam_ls_backend.pipelines.concepts import label_concepts
+from sam_ls_backend.pipelines.concepts import concept_label, label_concepts
 from sam_ls_backend.pipelines.video import VIDEO_CONTROL, latest_video_rectangles, video_url
+from sam_ls_backend.protocol.concepts import concept_prompts
 from sam_ls_backend.protocol.keyframes import keyframe_sequence
 from sam_ls_backend.protocol.label_config import Control, LabelConfig
-from sam_ls_backend.protocol.regions import Regions
+from sam_ls_backend.protocol.regions import Regions, TypedText
 
 if TYPE_CHECKING:
     from sam_ls_backend.predictors.video_concepts import ConceptTrack, ConceptVideoTracker
@@ -63,21 +67,42 @@ class VideoConceptPipeline:
 
     @classmethod
     def build(cls, backend: Backend) -> VideoConceptPipeline | None:
-        """The pipeline, when the model has SAM 3's concept tracker and PREANNOTATE=concepts."""
-        if backend.video_concept_loader is None or backend.settings.preannotate != "concepts":
+        """The pipeline, when the model has SAM 3's concept tracker."""
+        if backend.video_concept_loader is None:
             return None
         return cls(backend, backend.video_concept_loader)
 
-    def take(self, regions: Regions, stats: PredictStats) -> tuple[None, Regions]:
-        """Takes no regions: concepts on videos are a pre-annotation only."""
-        return None, regions
+    def take(self, regions: Regions, stats: PredictStats) -> tuple[list[TypedText] | None, Regions]:
+        """Typed text, which `answer` keeps to the videos; the regions are left whole, since which TextAreas
+        point at images (SAM 3's image concepts, taken next) is known only from the request's config."""
+        return list(regions.texts) or None, regions
 
-    def answer(self, request: Request, task: dict, prompts: Any, stats: PredictStats) -> list[dict]:
-        return []
+    def answer(self, request: Request, task: dict, texts: list[TypedText], stats: PredictStats) -> list[dict]:
+        """Every instance of the concept typed last for each video (a typed threshold does not apply here: the
+        model folder's thresholds do), labelled with the video's label the concept names, else its first."""
+        deadline = time.monotonic() + self.settings.video_time_budget
+        results = []
+        typed = tuple(text for text in texts if text.to_name in request.config.video_fields)
+        for concept in concept_prompts(Regions(texts=typed)):
+            box = video_control(request.config, concept.to_name)
+            if box is None:
+                raise InvalidRequest(f"the labeling config has no <VideoRectangle toName=\"{concept.to_name}\"> to "
+                                     "put the instances of a typed concept in")
+            if not concept.text:
+                raise InvalidRequest(f"no concept for video '{concept.to_name}': type a phrase in the TextArea")
+            controls = [control for control in request.config.controls.get(concept.to_name, ())
+                        if control.tag.lower() == LABELS_CONTROL]
+            label = concept_label(concept.text, None, controls)
+            results += self._answer_video(request, task, concept.to_name, box, [(label, concept.text)], deadline,
+                                          stats)
+        return results
 
     def prelabel(self, request: Request, task: dict, stats: PredictStats) -> list[dict] | None:
-        """Every instance of every label's concept on each video of the task that has a VideoRectangle control
-        and labels; passed on when there is none, or when the task has drawn boxes (the box tracker's)."""
+        """PREANNOTATE=concepts: every instance of every label's concept on each video of the task that has a
+        VideoRectangle control and labels; passed on otherwise, or when the task has drawn boxes (the box
+        tracker's)."""
+        if self.settings.preannotate != "concepts":
+            return None
         targets = []
         for to_name in sorted(request.config.video_fields):
             box, labels = video_control(request.config, to_name), video_labels(request.config, to_name)
@@ -91,8 +116,9 @@ class VideoConceptPipeline:
             results += self._answer_video(request, task, to_name, box, labels, deadline, stats)
         return results
 
-    def _answer_video(self, request: Request, task: dict, to_name: str, box: Control, labels: list[tuple[str, str]],
-                      deadline: float, stats: PredictStats) -> list[dict]:
+    def _answer_video(self, request: Request, task: dict, to_name: str, box: Control,
+                      labels: Sequence[tuple[str | None, str]], deadline: float, stats: PredictStats) -> list[dict]:
+        """The instances of the phrases of `labels` ((label or None, phrase) pairs) on the task's video."""
         url = video_url(task, request.config, to_name)
         phrases = tuple(dict.fromkeys(phrase for _, phrase in labels))
         framerate = request.config.framerates[to_name]
@@ -117,13 +143,13 @@ class VideoConceptPipeline:
                     video.close()
             self.tracks.put(key, entry)  # stored again: its cost grew with the frames tracked
         stats.concepts += len(phrases)
-        label_of: dict[str, str] = {}
+        label_of: dict[str, str | None] = {}
         for label, phrase in labels:
             label_of.setdefault(phrase, label)
         return self._results(request, task, to_name, box.name, entry, label_of)
 
     def _results(self, request: Request, task: dict, to_name: str, from_name: str, entry: ConceptEntry,
-                 label_of: dict[str, str]) -> list[dict]:
+                 label_of: dict[str, str | None]) -> list[dict]:
         """One videorectangle per instance found, in the order SAM 3 numbered them."""
         track = entry.track
         framerate = request.config.framerates[to_name]
@@ -137,8 +163,11 @@ class VideoConceptPipeline:
                 continue
             scores = track.scores[object_id]
             label = label_of[track.phrase_of[object_id]]
-            value = {"sequence": sequence, "framesCount": entry.label_studio_frames[-1], "labels": [label]}
-            results.append({"id": instance_region_id(request.project, task.get("id"), to_name, object_id),
+            value: dict[str, Any] = {"sequence": sequence, "framesCount": entry.label_studio_frames[-1]}
+            if label:
+                value["labels"] = [label]
+            region_id = instance_region_id(request.project, task.get("id"), to_name, track.phrases, object_id)
+            results.append({"id": region_id,
                             "from_name": from_name, "to_name": to_name, "type": VIDEO_CONTROL,
                             "origin": "prediction", "value": value, "score": round(sum(scores) / len(scores), 4)})
         return results
@@ -164,6 +193,8 @@ def video_labels(config: LabelConfig, to_name: str) -> list[tuple[str, str]]:
                            if control.tag.lower() == LABELS_CONTROL])
 
 
-def instance_region_id(project: str, task_id: object, to_name: str, object_id: int) -> str:
-    """The region id of SAM 3's instance `object_id` on a task's video: the same each time it is answered."""
-    return hashlib.sha1(repr((project, str(task_id), to_name, "concept", object_id)).encode()).hexdigest()[:12]
+def instance_region_id(project: str, task_id: object, to_name: str, phrases: tuple[str, ...], object_id: int) -> str:
+    """The region id of SAM 3's instance `object_id` of a session looking for `phrases` on a task's video: the
+    same each time it is answered."""
+    key = (project, str(task_id), to_name, phrases, object_id)
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:12]

@@ -156,7 +156,7 @@ def served(image_host, video):
     return image_host.add_bytes("/data/upload/1/street.webm", video["bytes"])
 
 
-def expected_regions(oracle: dict) -> dict[str, tuple[int, str, float]]:
+def expected_regions(oracle: dict, phrases: list[str] = PHRASES) -> dict[str, tuple[int, str, float]]:
     """Region id -> (SAM 3's object id, label, mean score over the frames it is shown) of every instance."""
     from sam_ls_backend.pipelines.video_concepts import instance_region_id
 
@@ -165,7 +165,7 @@ def expected_regions(oracle: dict) -> dict[str, tuple[int, str, float]]:
         phrase = next(phrase for found in oracle.values() for phrase, ids in found["prompt_to_obj_ids"].items()
                       if object_id in ids)
         scores = [float(oracle[f]["scores"][oracle[f]["object_ids"].tolist().index(object_id)]) for f in frames]
-        expected[instance_region_id("1.1795303561", 1, "video", object_id)] = (
+        expected[instance_region_id("1.1795303561", 1, "video", tuple(phrases), object_id)] = (
             object_id, LABEL_OF[phrase], sum(scores) / len(scores))
     return expected
 
@@ -233,9 +233,22 @@ def test_drawn_boxes_are_tracked_instead_and_preannotate_off_finds_nothing(folde
     assert retrieve(make_client(folder, image_host, PREANNOTATE="off"), served) == []
 
 
-def test_a_concept_typed_for_the_video_gets_a_clear_error(folder, image_host, served) -> None:
+def test_a_concept_typed_for_the_video_is_found_and_tracked_like_transformers(folder, image_host, served,
+                                                                             video) -> None:
+    """Label Studio's page sends a TextArea pointed at the video like an image's (tests/e2e/test_browser_video.py):
+    the phrase typed last is tracked (PREANNOTATE off), its instances labelled with the label it names."""
+    oracle = oracle_concepts(folder, video["frames"], ["red car"])
+    expected = expected_regions(oracle, ["red car"])
+    assert expected, "transformers finds the typed concept"
     body = video_body(served, [{"id": "t1", "from_name": "concept", "to_name": "video", "type": "textarea",
-                                "value": {"text": ["car"]}, "origin": "manual"}])
+                                "value": {"text": ["person", "0.3", "red car"]}, "origin": "manual"}])
     body["label_config"] = CONFIG.replace("</View>", '<TextArea name="concept" toName="video"/></View>')
-    response = make_client(folder, image_host).post("/predict", data=json.dumps(body), content_type="application/json")
-    assert response.status_code == 400 and "PREANNOTATE=concepts" in response.get_json()["error"]
+    response = make_client(folder, image_host, PREANNOTATE="off").post("/predict", data=json.dumps(body),
+                                                                      content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"][0]["result"]
+    assert {result["id"] for result in results} == set(expected)
+    for result in results:
+        object_id, _, score = expected[result["id"]]
+        assert result["value"]["labels"] == ["Car"] and result["score"] == pytest.approx(score, abs=1e-4)
+        check_instance(result, object_id, oracle)
