@@ -55,7 +55,8 @@ class ConceptEntry:
 
 
 class VideoConceptPipeline:
-    """Video tasks without objects to one tracked `videorectangle` per instance of each label's concept."""
+    """SAM 3 concepts (the labels' on a video task without objects, or one typed for the video) to one tracked
+    `videorectangle` per instance."""
 
     def __init__(self, backend: Backend, load_tracker: Callable[[], ConceptVideoTracker]) -> None:
         self.settings = backend.settings
