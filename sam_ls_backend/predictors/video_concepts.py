@@ -1,13 +1,19 @@
 """SAM 3 concepts through a video (`Sam3VideoModel`): noun phrases in, every instance of each found and tracked,
 one object id per instance, with its detection score on every frame it is shown.
 
-The model is driven exactly as transformers documents it: a `Sam3VideoProcessor` session, the phrases added
-with `add_text_prompt`, `propagate_in_video_iterator` from the first frame, each frame's output through
-`postprocess_outputs`. As for box tracks (predictors/video.py), the session's frames are a lazy mapping
-decoded on demand (`FrameSource`) and outputs older than the tracker reads back are dropped. The iterator
-itself is kept between requests: SAM 3 holds each frame's answer back for `hotstart_delay` frames (15 in
-the published config) while it decides which new instances are real, and a suspended iterator keeps that
-buffer, so a request that stops at the time budget loses nothing and the next one resumes it.
+The model is driven as transformers documents it: a `Sam3VideoProcessor` session, the phrases added with
+`add_text_prompt`, propagation from the first frame, each frame's output through `postprocess_outputs`. As
+for box tracks (predictors/video.py), the session's frames are a lazy mapping decoded on demand
+(`FrameSource`) and outputs older than the tracker reads back are dropped.
+
+SAM 3 holds each frame's answer back for `hotstart_delay` frames (15 in the published config) while it
+decides which new instances are real. `propagate_in_video_iterator` keeps that buffer in the generator and
+yields nothing until 16 frames are processed, so a time budget checked between its outputs could not stop a
+request before then (minutes on a CPU). `advance` therefore takes the iterator's steps itself, one frame at a
+time: the model on the frame, the output into the buffer, the buffer's release rule (the oldest output once
+the buffer holds `hotstart_delay`, all of them after the last frame), each released output post-processed
+at once, in the same order as the iterator's consumer does. The buffer is kept in the track between requests,
+so a request that stops at the time budget after any frame loses nothing and the next one goes on.
 
 The detector's thresholds are the model folder's (`score_threshold_detection`, `new_det_thresh` in its
 config.json), as transformers applies them.
@@ -18,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +43,13 @@ class ConceptTrack:
 
     session: Any
     frames: FrameSource
-    outputs: Iterator[Any]  # transformers' propagate_in_video_iterator, suspended between requests
     phrases: tuple[str, ...]
+    next_frame: int = 0  # the next frame the model runs on
+    held: list[Any] = field(default_factory=list)  # outputs held back for SAM 3's hotstart delay, oldest first
     boxes: dict[int, dict[int, PixelBox | None]] = field(default_factory=dict)  # object id -> frame -> box
     scores: dict[int, list[float]] = field(default_factory=dict)  # object id -> detection score per frame shown
     phrase_of: dict[int, str] = field(default_factory=dict)  # object id -> the phrase that found it
-    answered_frames: int = 0  # frames whose output has come out of the iterator (in order, from frame 0)
+    answered_frames: int = 0  # frames whose output has been released (in order, from frame 0)
     done: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,26 +84,38 @@ class ConceptVideoTracker:
         session.video_height, session.video_width = video.height, video.width
         session.processed_frames = frames
         self.processor.add_text_prompt(inference_session=session, text=list(phrases))
-        outputs = self.model.propagate_in_video_iterator(inference_session=session, start_frame_idx=0)
-        return ConceptTrack(session, frames, outputs, phrases)
+        return ConceptTrack(session, frames, phrases)
 
     @on_compute_thread
     def advance(self, track: ConceptTrack, video: VideoFile, deadline: float, observe: Observer | None = None) -> None:
-        """Run the session on until the video's end or `deadline` (time.monotonic(); at least one output is
-        taken). Every instance shown on a frame gets its mask's box there; one shown before and not now gets
-        None (lost). `observe` is shown each answered frame's object ids, objects×H×W bool masks and scores."""
+        """Run the model on until the video's end or `deadline` (time.monotonic(), checked after each frame; at
+        least one frame is run). Every instance shown on a released frame gets its mask's box there; one shown
+        before and not now gets None (lost). `observe` is shown each released frame's object ids, objects×H×W
+        bool masks and scores."""
         if track.done:
             return
         track.frames.video = video
+        last = len(track.frames) - 1
+        delay = self.model.hotstart_delay
         try:
-            while True:
-                try:
-                    output = next(track.outputs)
-                except StopIteration:
-                    track.done = True
-                    return
-                self._take(track, output, observe)
-                if track.done or time.monotonic() >= deadline:
+            while track.next_frame <= last:
+                frame = track.next_frame
+                output = self.model(inference_session=track.session, frame_idx=frame)
+                track.next_frame += 1
+                if delay > 0:  # propagate_in_video_iterator's hotstart buffer
+                    track.held.append(output)
+                    track.session.hotstart_removed_obj_ids.update(output.removed_obj_ids)
+                    if frame == last:
+                        released, track.held = track.held, []
+                    elif len(track.held) >= delay:
+                        released, track.held = track.held[:1], track.held[1:]
+                    else:
+                        released = []
+                else:
+                    released = [output]
+                for ready in released:
+                    self._take(track, ready, observe)
+                if time.monotonic() >= deadline:
                     return
         finally:
             track.frames.video = None

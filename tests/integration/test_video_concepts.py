@@ -3,10 +3,10 @@ with `Sam3VideoModel`, compared with transformers' own video API (`Sam3VideoProc
 `propagate_in_video_iterator`, `postprocess_outputs`) given the whole decoded video and the same phrases.
 
 The tiny random-weight SAM 3 folder is laid out as facebook/sam3 (one sam3_video folder for the detector, the
-trackers and the video model). Random weights score every candidate below the published thresholds (0.5 to
-keep a detection, 0.7 to start an object), so the folder's config.json gets thresholds inside the spread of its
-scores on the first frame; the tracker's object-score head is biased so tracked instances are not lost on the
-next frame. The tests assert that instances are found and kept over several frames before comparing.
+trackers and the video model). Random weights score every candidate below the published thresholds, and track
+speckle over the whole frame, so the folder's config.json gets thresholds inside the spread of its scores and
+its tracked masks are located on the car (tests/support/hf_checkpoints.py). The tests assert that an instance
+is found and kept, its box following the car, before comparing.
 """
 
 from __future__ import annotations
@@ -44,31 +44,21 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, video):
-    """A tiny SAM 3 folder whose video model finds and keeps an instance, with located tracked masks.
+    """A tiny SAM 3 folder whose video model finds and keeps an instance, its tracked masks located on the car
+    (thresholds and association set as tests/support/hf_checkpoints.py explains)."""
+    from tests.support.hf_checkpoints import save_sam3_concept_video_folder
 
-    Random weights score every candidate below the published thresholds (0.5 to keep a detection, 0.7 to start
-    an instance): both sit at the upper quartile of the image detector's scores for the phrases on the first
-    frame. The tracker's masks are a linear probe that sees the car (tests/support/hf_checkpoints.py), so
-    tracked boxes move with it, where random masks are speckle over the whole frame and every box the frame
-    itself. The detector's masks stay random speckle, which no located track overlaps by the published
-    association IoU (0.1, 0.5): every track would be dropped as unmatched and every detection start a new
-    instance, so the association thresholds are 0 (any overlap matches).
-    """
-    from tests.support.hf_checkpoints import locate_sam3_video_masks, save_sam3_folder, set_sam3_video_config
-    from tests.support.sam3_reference import concept_reference
+    return save_sam3_concept_video_folder(tmp_path_factory.mktemp("hf-models") / "sam3", video["frames"],
+                                          car_truth(), PHRASES)
 
-    folder = save_sam3_folder(tmp_path_factory.mktemp("hf-models") / "sam3", dim=128, object_score_bias=4.0,
-                              score_init=0.1)
-    scores = [score for phrase in PHRASES for score, _ in concept_reference(folder, video["frames"][0], phrase, 0.0)]
-    threshold = float(np.quantile(scores, 0.75))
-    set_sam3_video_config(folder, score_threshold_detection=threshold, new_det_thresh=threshold,
-                          assoc_iou_thresh=0.0, trk_assoc_iou_thresh=0.0)
-    truth = np.zeros(video["frames"].shape[:3], bool)
+
+def car_truth() -> np.ndarray:
+    """frames×H×W bool: where the car is."""
+    truth = np.zeros((FRAMES, HEIGHT, WIDTH), bool)
     for index in range(FRAMES):
         x0, y0, x1, y1 = CAR.box(index)
         truth[index, y0:y1, x0:x1] = True
-    assert locate_sam3_video_masks(folder, video["frames"], truth) > 0.95
-    return folder
+    return truth
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +92,9 @@ def test_the_oracle_finds_and_keeps_instances(oracle) -> None:
     assert len(near) >= 3 * FRAMES // 4, "the box's left edge follows the car"
 
 
-def test_tracker_masks_equal_transformers_when_continued_output_by_output(folder, video, oracle) -> None:
-    """The backend's concept tracker, resumed for one output per call, gives transformers' masks, ids and
-    scores on every frame."""
+def test_tracker_masks_equal_transformers_when_run_frame_by_frame(folder, video, oracle) -> None:
+    """The backend's concept tracker, run one frame per call (SAM 3's hotstart buffer kept between calls),
+    gives transformers' ids, masks and scores on every frame."""
     from sam_ls_backend.media.video import VideoFile
     from sam_ls_backend.predictors.files import ModelFile
     from sam_ls_backend.predictors.video_concepts import load_concept_video_tracker
@@ -211,7 +201,7 @@ def test_retrieve_predictions_tracks_every_instance_of_every_label_like_transfor
 
 
 def test_a_request_past_the_budget_is_continued_by_the_next(folder, image_host, served) -> None:
-    """With a budget of one output per request, asking again goes on where the last request stopped: the
+    """With a budget of one frame per request, asking again goes on where the last request stopped: the
     answers grow frame by frame to the one-request answer, which is then given without downloading again."""
     whole = retrieve(make_client(folder, image_host), served)
     client = make_client(folder, image_host, VIDEO_TIME_BUDGET="0.000001")

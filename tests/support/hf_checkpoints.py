@@ -323,3 +323,27 @@ def set_sam3_video_config(folder: Path, **values: float) -> None:
     for name, value in values.items():
         setattr(config, name, value)
     config.save_pretrained(folder)
+
+
+def save_sam3_concept_video_folder(folder: Path, frames: np.ndarray, truth: np.ndarray, phrases: list[str]) -> Path:
+    """A tiny SAM 3 folder whose video model finds and keeps instances of `phrases` in `frames`, with tracked
+    masks located on `truth` (frames×H×W bool).
+
+    Random weights score every candidate below the published thresholds (0.5 to keep a detection, 0.7 to start
+    an instance): both are set at the upper quartile of the image detector's scores for the phrases on the
+    first frame. Random tracked masks are speckle over the whole frame (every box the frame itself), so the
+    tracker's masks are a linear probe fitted to `truth`. The detector's masks stay speckle, which no located
+    track overlaps by the published association IoU (0.1, 0.5): every track would be dropped as unmatched and
+    every detection start a new instance, so the association thresholds are 0 (any overlap matches).
+    """
+    from tests.support.sam3_reference import concept_reference
+
+    save_sam3_folder(folder, dim=128, object_score_bias=4.0, score_init=0.1)
+    scores = [score for phrase in phrases for score, _ in concept_reference(folder, frames[0], phrase, 0.0)]
+    threshold = float(np.quantile(scores, 0.75))
+    set_sam3_video_config(folder, score_threshold_detection=threshold, new_det_thresh=threshold,
+                          assoc_iou_thresh=0.0, trk_assoc_iou_thresh=0.0)
+    accuracy = locate_sam3_video_masks(folder, frames, truth)
+    if accuracy < 0.95:
+        raise RuntimeError(f"the tracker's probe fits the truth at {accuracy:.3f} only")
+    return Path(folder)
