@@ -20,6 +20,10 @@ from tests.support.videos import Square, decode_all, scene_frames, write_webm
 pytest.importorskip("transformers")
 
 BACKEND_START_TIMEOUT_S = 180.0
+# The whole video in one request even on a busy machine (Label Studio waits up to 100 s for the backend, and
+# answers the Data Manager action when the backend has answered).
+TRACKING_BUDGET_S = 90.0
+LABEL_STUDIO_WAIT_S = 120.0
 WIDTH, HEIGHT, FRAMES = 160, 96, 20
 TOLERANCE = 2.0
 CAR = Square((10, 20), (5, 1), 24)
@@ -48,7 +52,7 @@ def test_retrieve_predictions_finds_and_tracks_the_labels_concepts(label_studio:
     assert shown, "transformers finds instances"
     env = {"SAM_CHOICE": "SAM3", "SAM3_MODEL_DIR": str(folder), "DEVICE": "cpu", "PREANNOTATE": "concepts",
            "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "VIDEO_KEYFRAME_TOLERANCE": str(TOLERANCE)}
+           "VIDEO_KEYFRAME_TOLERANCE": str(TOLERANCE), "VIDEO_TIME_BUDGET": str(TRACKING_BUDGET_S)}
     backend = BackendProcess(env, log_path=tmp_path / "backend.log")
     try:
         backend.wait_ready(BACKEND_START_TIMEOUT_S)
@@ -57,7 +61,7 @@ def test_retrieve_predictions_finds_and_tracks_the_labels_concepts(label_studio:
         label_studio.connect_ml_backend(project_id, backend.url)
         label_studio._call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions",
                                                               "project": project_id},
-                           json={"selectedItems": {"all": True, "excluded": []}})
+                           json={"selectedItems": {"all": True, "excluded": []}}, timeout=LABEL_STUDIO_WAIT_S)
         predictions = label_studio.get_task(task_id)["predictions"]
     finally:
         backend.stop()
