@@ -24,7 +24,8 @@ def load_backend(settings: Settings) -> SamBackend:
     """The backend SAM_CHOICE names, with its model loaded (SAM 3: the concept detector and the tracker)."""
     # Loaded where the model will run, so no other thread keeps an OpenMP team (see compute_thread.py).
     models = COMPUTE.run(model_spec(settings.sam_choice).load, settings)
-    return SamBackend(settings, models.predictor, concepts=models.concepts, video=models.video)
+    return SamBackend(settings, models.predictor, concepts=models.concepts, video=models.video,
+                      video_concepts=models.video_concepts)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from sam_ls_backend.settings import Settings
 if TYPE_CHECKING:
     from sam_ls_backend.predictors.sam3 import ConceptSegmenter
     from sam_ls_backend.predictors.video import VideoTracker
+    from sam_ls_backend.predictors.video_concepts import ConceptVideoTracker
 
 __all__ = ["PredictStats", "SamBackend"]
 
@@ -53,9 +54,11 @@ class SamBackend:
     model_class = "SamBackend"
 
     def __init__(self, settings: Settings, predictor: Predictor, shared: SharedEmbeddings | None = None,
-                 concepts: ConceptSegmenter | None = None, video: Callable[[], VideoTracker] | None = None) -> None:
+                 concepts: ConceptSegmenter | None = None, video: Callable[[], VideoTracker] | None = None,
+                 video_concepts: Callable[[], ConceptVideoTracker] | None = None) -> None:
         self.settings = settings
         self.video_loader = video  # loads the video tracker on the first video request
+        self.video_concept_loader = video_concepts  # SAM 3's concept tracker, on the first video concept request
         self.predictor = predictor
         self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
         self.images = ImageSource(settings)

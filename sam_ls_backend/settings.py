@@ -94,7 +94,8 @@ class Settings:
 
     # Pre-annotation: what a task sent without regions gets (Retrieve predictions, a task opened without a
     # prediction): off (nothing; its image is embedded for the first click), concepts (SAM_CHOICE=SAM3: every
-    # label of the image's output controls is a concept) or everything (MobileSAM, SAM: automatic mask
+    # label of the image's output controls is a concept; on a video task without boxes, every label of the
+    # video's Labels control is found and tracked through the video) or everything (MobileSAM, SAM: automatic mask
     # generation over a point grid, as segment-anything's SamAutomaticMaskGenerator).
     preannotate: str = "off"
     # PREANNOTATE=everything: the label of its regions; empty: the output control's first label.
@@ -123,7 +124,8 @@ class Settings:
     allowed_image_hosts: str = ""
 
     # Video tasks (SAM_CHOICE=SAM2 or SAM3). A task's video is downloaded for each request within
-    # VIDEO_MAX_MB and VIDEO_DOWNLOAD_TIMEOUT; videos of more than VIDEO_MAX_FRAMES frames are refused.
+    # VIDEO_MAX_MB and VIDEO_DOWNLOAD_TIMEOUT; videos of more than VIDEO_MAX_FRAMES frames are refused (413),
+    # not tracked in part.
     video_max_mb: int = 1024
     video_download_timeout: float = 30.0
     video_max_frames: int = 30000

@@ -81,6 +81,7 @@ class Backend(Protocol):
     concept_embeddings: ImageEmbeddings | None
     images: ImageSource  # downloads task media the way Label Studio serves them
     video_loader: Callable[[], Any] | None  # loads the video tracker (predictors/video.py), else None
+    video_concept_loader: Callable[[], Any] | None  # loads SAM 3's concept tracker (predictors/video_concepts.py)
 
 
 class PipelineFactory(Protocol):

@@ -88,6 +88,8 @@ class ConceptPipeline:
         """One region per instance of each image's concept, above the confidence threshold."""
         results = []
         for concept in concepts:
+            if concept.to_name in request.config.video_fields:
+                continue  # a concept typed for a video: pipelines/video_concepts.py answers it
             text, threshold = self._concept_text(request.project, task, concept)
             controls = output_controls(request.config, concept.to_name, self.settings.result_type)
             url = image_url(task, request.config.image_field(concept.to_name))

@@ -29,6 +29,7 @@ from sam_ls_backend.media.video_download import downloaded_video
 from sam_ls_backend.pipelines.base import Backend, PredictStats, Request
 from sam_ls_backend.predictors.registry import VIDEO_MODELS
 from sam_ls_backend.protocol.keyframes import keyframe_sequence
+from sam_ls_backend.protocol.label_config import LabelConfig
 from sam_ls_backend.protocol.regions import (
     Regions,
     VideoKeyframe,
@@ -115,11 +116,7 @@ class VideoPipeline:
 
     def _answer_video(self, request: Request, task: dict, to_name: str, objects: list[VideoRectangle],
                       deadline: float, stats: PredictStats) -> list[dict]:
-        field_name = request.config.video_fields[to_name]
-        url = task["data"].get(field_name)
-        if not isinstance(url, str) or not url.strip():
-            raise InvalidRequest(f"task {task.get('id')} has no video URL in data.{field_name}")
-        url = url.strip()
+        url = video_url(task, request.config, to_name)
         framerate = request.config.framerates[to_name]
         key = (request.project, str(task.get("id")), url, to_name, tuple(sorted(region.id for region in objects)))
         entry = self.tracks.get(key)
@@ -200,6 +197,15 @@ class VideoPipeline:
 
                 self._tracker = COMPUTE.run(self._load_tracker)
         return self._tracker
+
+
+def video_url(task: dict, config: LabelConfig, to_name: str) -> str:
+    """The URL in the task's data field of video `to_name`; InvalidRequest when there is none."""
+    field_name = config.video_fields[to_name]
+    url = task["data"].get(field_name)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest(f"task {task.get('id')} has no video URL in data.{field_name}")
+    return url.strip()
 
 
 def annotated_keyframes(region: VideoRectangle, entry: TrackEntry | None) -> tuple[VideoKeyframe, ...]:

@@ -95,14 +95,16 @@ class Predictor(Protocol):
 @dataclass(frozen=True)
 class LoadedModels:
     """What a SAM_CHOICE serves: the predictor clicks go to, SAM 3's concept detector (a
-    `predictors.sam3.ConceptSegmenter`) or None, and how to load its video tracker (a
-    `predictors.video.VideoTracker`) or None. The tracker is loaded on the first video request, not at
-    start-up: it holds a second copy of the image model's weights, which a project without videos should not
-    pay for."""
+    `predictors.sam3.ConceptSegmenter`) or None, how to load its video tracker (a
+    `predictors.video.VideoTracker`) or None, and how to load SAM 3's concept tracker for videos (a
+    `predictors.video_concepts.ConceptVideoTracker`) or None. Video models are loaded on the first video
+    request that needs them, not at start-up: they hold more copies of the image model's weights, which a
+    project without videos should not pay for."""
 
     predictor: Predictor
     concepts: Any = None
     video: Callable[[], Any] | None = None
+    video_concepts: Callable[[], Any] | None = None
 
 
 def decode_objects(predictor: Predictor, embedding: Embedding, prompts: Sequence[Prompt],

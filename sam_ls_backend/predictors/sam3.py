@@ -24,6 +24,7 @@ from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.hf import load_prompt_predictor
 from sam_ls_backend.predictors.transformers_folder import load_pretrained
 from sam_ls_backend.predictors.video import load_video_tracker
+from sam_ls_backend.predictors.video_concepts import load_concept_video_tracker
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,15 @@ REMEMBERED_TEXTS = 256  # encoded concepts kept: annotators reuse a few concepts
 
 
 def load_sam3(settings: Settings, folder: ModelFile) -> LoadedModels:
-    """SAM_CHOICE=SAM3: the tracker for clicks and the concept detector, sharing one vision backbone."""
+    """SAM_CHOICE=SAM3: the tracker for clicks and the concept detector, sharing one vision backbone; the box
+    tracker and the concept tracker for videos, loaded on first use."""
     tracker = load_prompt_predictor(settings, folder, "Sam3TrackerModel", "Sam3TrackerProcessor", "sam3")
     concepts = load_concept_segmenter(settings, folder)
     share_backbone(concepts, tracker)
     video = partial(load_video_tracker, settings, folder, "Sam3TrackerVideoModel", "Sam3TrackerVideoProcessor",
                     "sam3")
-    return LoadedModels(tracker, concepts, video)
+    video_concepts = partial(load_concept_video_tracker, settings, folder, concepts)
+    return LoadedModels(tracker, concepts, video, video_concepts)
 
 
 def load_concept_segmenter(settings: Settings, folder: ModelFile) -> ConceptSegmenter:

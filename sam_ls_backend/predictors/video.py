@@ -81,8 +81,8 @@ class Track:
 
     def nbytes(self) -> int:
         """Bytes the track holds (tensors of the session, boxes), for the state cache's bound."""
-        held = _tensor_bytes(self.session.output_dict_per_obj) + _tensor_bytes(self.session.point_inputs_per_obj)
-        held += _tensor_bytes(self.session.mask_inputs_per_obj) + _tensor_bytes(self.session.cache._vision_features)
+        held = tensor_bytes(self.session.output_dict_per_obj) + tensor_bytes(self.session.point_inputs_per_obj)
+        held += tensor_bytes(self.session.mask_inputs_per_obj) + tensor_bytes(self.session.cache._vision_features)
         return held + sum(64 * len(frames) for frames in self.boxes.values())
 
 
@@ -170,14 +170,14 @@ def mask_box(mask: Any) -> PixelBox | None:
     return (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
 
 
-def _tensor_bytes(value: Any) -> int:
+def tensor_bytes(value: Any) -> int:
     """Bytes of every tensor in a nest of dicts, lists and tuples."""
     if hasattr(value, "element_size") and hasattr(value, "nelement"):
         return int(value.element_size() * value.nelement())
     if isinstance(value, dict):
-        return sum(_tensor_bytes(item) for item in value.values())
+        return sum(tensor_bytes(item) for item in value.values())
     if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(item) for item in value)
+        return sum(tensor_bytes(item) for item in value)
     return 0
 
 

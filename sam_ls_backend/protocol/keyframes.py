@@ -34,13 +34,17 @@ def keyframe_sequence(annotated: Sequence[VideoKeyframe], tracked: Mapping[int, 
 
     `annotated`: the annotator's keyframes, sorted; `tracked`: 1-based frame -> the tracked box in pixels, or
     None where the object is lost. Tracked frames before the first annotated keyframe, on annotated frames and
-    after an annotated `enabled: false` keyframe (up to the next annotated one) are not used.
+    after an annotated `enabled: false` keyframe (up to the next annotated one) are not used. Without annotated
+    keyframes (an object the model found itself) the list starts where the object is first found; empty when
+    it never is.
     """
     fixed = {keyframe.frame: keyframe for keyframe in annotated}
-    first = min(fixed)
+    first = min(fixed) if fixed else min((f for f, box in tracked.items() if box is not None), default=None)
+    if first is None:
+        return []
     hidden_until = _hidden_spans(annotated)
     points: list[_Point | None] = []  # None: the object is lost on that frame
-    for frame in sorted(set(fixed) | {f for f in tracked if f > first}):
+    for frame in sorted(set(fixed) | {f for f in tracked if f >= first}):
         if frame in fixed:
             keyframe = fixed[frame]
             box = (keyframe.x * width / 100, keyframe.y * height / 100,

@@ -24,6 +24,7 @@ from transformers import (
     Sam3Processor,
     Sam3VideoConfig,
     Sam3VideoModel,
+    Sam3VideoProcessor,
 )
 
 SIZES = ("tiny", "real")
@@ -77,9 +78,9 @@ def _sam2_config(size: str) -> Sam2Config:
     )
 
 
-def _sam3_config(size: str, dim: int = 16) -> Sam3VideoConfig:
+def _sam3_config(size: str, dim: int = 16, score_init: float = SCORE_INIT) -> Sam3VideoConfig:
     """SAM 3's config; tiny ones are `dim` wide (the tracker's video memory needs dim > 64, see
-    `_sam2_video_config`)."""
+    `_sam2_video_config`), their scoring parts initialised with std `score_init`."""
     _check_size(size)
     if size == "real":
         return Sam3VideoConfig()  # the transformers defaults are facebook/sam3
@@ -118,9 +119,9 @@ def _sam3_config(size: str, dim: int = 16) -> Sam3VideoConfig:
         },
         "geometry_encoder_config": {**small, "num_layers": 1, "roi_size": 2},
         "detr_encoder_config": {**small, "num_layers": 1},
-        "detr_decoder_config": {**small, "num_layers": 1, "num_queries": 16, "initializer_range": SCORE_INIT},
+        "detr_decoder_config": {**small, "num_layers": 1, "num_queries": 16, "initializer_range": score_init},
         "mask_decoder_config": {"hidden_size": dim, "num_attention_heads": 2},
-        "initializer_range": SCORE_INIT,
+        "initializer_range": score_init,
     }
     tracker = {
         "vision_config": vision,
@@ -184,13 +185,14 @@ def save_sam2_folder(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
 
 
 def save_sam3_folder(folder: Path, size: str = "tiny", seed: int = 0, dim: int = 16,
-                     object_score_bias: float = 0.0) -> Path:
+                     object_score_bias: float = 0.0, score_init: float = SCORE_INIT) -> Path:
     """Save a seeded random Sam3VideoModel checkpoint + Sam3Processor folder laid out like facebook/sam3, from
     which Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor and the video models and
     processors (Sam3TrackerVideoModel, Sam3VideoModel) all load, as from the real one. Tracking through a video
     needs a tiny folder at least `dim=128` wide; `object_score_bias` keeps its tracker's objects found (see
-    `save_sam2_video_folder`)."""
-    config = _sam3_config(size, dim)
+    `save_sam2_video_folder`); wider folders need a smaller `score_init` for their detector's scores to spread
+    (at the default a 128-wide detector scores every candidate 0)."""
+    config = _sam3_config(size, dim, score_init)
     torch.manual_seed(seed)
     # save_original_format=False keeps the native detector_model./tracker_model./tracker_neck. keys of the hub
     # checkpoint; the default "revert" of the sam3_tracker renaming would nest them as tracker_model.tracker_model.
@@ -254,17 +256,10 @@ def save_sam2_video_folder(folder: Path, size: str = "tiny", seed: int = 0, obje
     return Path(folder)
 
 
-def locate_sam2_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray) -> float:
-    """Make a random-weight Sam2VideoModel folder's masks located: every mask becomes the pixels a linear probe
-    on the backbone's finest features (the decoder's skip connection, which memory attention does not touch)
-    finds to be foreground, fitted by least squares to `masks` (frames×H×W bool) on `frames` (frames×H×W×3
-    uint8). The decoder's other paths are cut: masks then follow the image, not the prompt, which is enough to
-    make every frame's mask a small located region. Returns the probe's pixel accuracy on the low-res grid."""
-    model = Sam2VideoModel.from_pretrained(folder, local_files_only=True).eval()
-    processor = Sam2VideoProcessor.from_pretrained(folder, local_files_only=True)
-    pixels = processor.video_processor(videos=[frames], return_tensors="pt").pixel_values_videos[0]
-    with torch.no_grad():
-        features = model.vision_encoder(pixels).fpn_hidden_states[0]  # frames×C×h×w
+def _probe_into_decoder(decoder: torch.nn.Module, features: torch.Tensor, masks: np.ndarray) -> float:
+    """Fit a least-squares linear probe on `features` (frames×C×h×w, the decoder's finest skip input) to
+    `masks` (frames×H×W bool) and make it the decoder's whole answer: its skip convolution computes the probe,
+    the other paths are cut. Returns the probe's pixel accuracy on the h×w grid."""
     count, channels, height, width = features.shape
     targets = torch.nn.functional.interpolate(torch.as_tensor(masks[:, None], dtype=torch.float32),
                                               size=(height, width), mode="area")[:, 0] > 0.5
@@ -273,7 +268,6 @@ def locate_sam2_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray)
     ridge = 1e-3 * torch.eye(channels + 1)
     solution = torch.linalg.solve(inputs.T @ inputs + ridge, inputs.T @ wanted)[:, 0]
     accuracy = float(((inputs @ solution > 0) == targets.reshape(-1)).float().mean())
-    decoder = model.mask_decoder
     with torch.no_grad():
         decoder.conv_s0.weight.zero_()
         decoder.conv_s0.bias.zero_()
@@ -285,5 +279,71 @@ def locate_sam2_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray)
             mlp.proj_out.weight.zero_()
             mlp.proj_out.bias.zero_()
             mlp.proj_out.bias[0] = 1.0
+    return accuracy
+
+
+def locate_sam3_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray) -> float:
+    """`locate_sam2_video_masks` for a SAM 3 folder: the tracker's masks (every frame after an instance's
+    first) become a linear probe on the tracker neck's finest features, fitted to `masks`. The detector is
+    untouched: it still finds instances (with random masks on the frame it finds them), and the tracker then
+    follows what the probe sees. Returns the probe's pixel accuracy on the low-res grid."""
+    model = Sam3VideoModel.from_pretrained(folder, local_files_only=True).eval()
+    processor = Sam3VideoProcessor.from_pretrained(folder, local_files_only=True)
+    pixels = processor.video_processor(videos=[frames], return_tensors="pt").pixel_values_videos[0]
+    with torch.no_grad():
+        hidden = model.detector_model.get_vision_features(pixel_values=pixels).last_hidden_state
+        height, width = model.tracker_model.prompt_encoder.image_embedding_size
+        spatial = hidden.view(hidden.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        features = model.tracker_neck(spatial)[0][0]  # frames×C×h×w, before the decoder's conv_s0
+    accuracy = _probe_into_decoder(model.tracker_model.mask_decoder, features, masks)
+    model.save_pretrained(folder, save_original_format=False)
+    return accuracy
+
+
+def locate_sam2_video_masks(folder: Path, frames: np.ndarray, masks: np.ndarray) -> float:
+    """Make a random-weight Sam2VideoModel folder's masks located: every mask becomes the pixels a linear probe
+    on the backbone's finest features (the decoder's skip connection, which memory attention does not touch)
+    finds to be foreground, fitted by least squares to `masks` (frames×H×W bool) on `frames` (frames×H×W×3
+    uint8). The decoder's other paths are cut: masks then follow the image, not the prompt, which is enough to
+    make every frame's mask a small located region. Returns the probe's pixel accuracy on the low-res grid."""
+    model = Sam2VideoModel.from_pretrained(folder, local_files_only=True).eval()
+    processor = Sam2VideoProcessor.from_pretrained(folder, local_files_only=True)
+    pixels = processor.video_processor(videos=[frames], return_tensors="pt").pixel_values_videos[0]
+    with torch.no_grad():
+        features = model.vision_encoder(pixels).fpn_hidden_states[0]  # frames×C×h×w
+    accuracy = _probe_into_decoder(model.mask_decoder, features, masks)
     model.save_pretrained(folder)
     return accuracy
+
+
+def set_sam3_video_config(folder: Path, **values: float) -> None:
+    """Write values of SAM 3's video config (`score_threshold_detection`, `new_det_thresh`, `assoc_iou_thresh`,
+    ...) into the folder's config.json, where `Sam3VideoModel.from_pretrained` reads them."""
+    config = Sam3VideoConfig.from_pretrained(folder)
+    for name, value in values.items():
+        setattr(config, name, value)
+    config.save_pretrained(folder)
+
+
+def save_sam3_concept_video_folder(folder: Path, frames: np.ndarray, truth: np.ndarray, phrases: list[str]) -> Path:
+    """A tiny SAM 3 folder whose video model finds and keeps instances of `phrases` in `frames`, with tracked
+    masks located on `truth` (frames×H×W bool).
+
+    Random weights score every candidate below the published thresholds (0.5 to keep a detection, 0.7 to start
+    an instance): both are set at the upper quartile of the image detector's scores for the phrases on the
+    first frame. Random tracked masks are speckle over the whole frame (every box the frame itself), so the
+    tracker's masks are a linear probe fitted to `truth`. The detector's masks stay speckle, which no located
+    track overlaps by the published association IoU (0.1, 0.5): every track would be dropped as unmatched and
+    every detection start a new instance, so the association thresholds are 0 (any overlap matches).
+    """
+    from tests.support.sam3_reference import concept_reference
+
+    save_sam3_folder(folder, dim=128, object_score_bias=4.0, score_init=0.1)
+    scores = [score for phrase in phrases for score, _ in concept_reference(folder, frames[0], phrase, 0.0)]
+    threshold = float(np.quantile(scores, 0.75))
+    set_sam3_video_config(folder, score_threshold_detection=threshold, new_det_thresh=threshold,
+                          assoc_iou_thresh=0.0, trk_assoc_iou_thresh=0.0)
+    accuracy = locate_sam3_video_masks(folder, frames, truth)
+    if accuracy < 0.95:
+        raise RuntimeError(f"the tracker's probe fits the truth at {accuracy:.3f} only")
+    return Path(folder)

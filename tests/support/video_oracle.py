@@ -62,3 +62,20 @@ def interpolated_box(sequence: list[dict], frame: int, width: int, height: int) 
     values = [previous[name] * (1 - weight) + following[name] * weight for name in ("x", "y", "width", "height")]
     x, y, w, h = values[0] * width / 100, values[1] * height / 100, values[2] * width / 100, values[3] * height / 100
     return (x, y, x + w, y + h)
+
+
+def oracle_concepts(folder: Path, frames: np.ndarray, phrases: list[str]) -> dict[int, dict]:
+    """0-based frame -> `Sam3VideoProcessor.postprocess_outputs` of that frame (object_ids, scores, masks
+    objects×H×W bool, prompt_to_obj_ids), for SAM 3's video model given the whole video and the phrases, run
+    as transformers' documentation shows."""
+    import transformers
+
+    model = transformers.Sam3VideoModel.from_pretrained(folder, local_files_only=True).eval()
+    processor = transformers.Sam3VideoProcessor.from_pretrained(folder, local_files_only=True)
+    session = processor.init_video_session(video=list(frames), inference_device="cpu", dtype=torch.float32)
+    processor.add_text_prompt(inference_session=session, text=phrases)
+    answers = {}
+    with torch.inference_mode():
+        for output in model.propagate_in_video_iterator(inference_session=session):
+            answers[output.frame_idx] = processor.postprocess_outputs(session, output)
+    return answers

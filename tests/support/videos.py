@@ -38,12 +38,16 @@ def scene_frames(count: int, width: int, height: int, squares: list[Square]) -> 
     return frames
 
 
-def write_webm(path: Path, frames: np.ndarray, fps: int = 25) -> bytes:
-    """Encode RGB frames as lossless VP9 in WebM; returns the file's bytes."""
+def write_webm(path: Path, frames: np.ndarray, fps: int = 25, rotation: int = 0) -> bytes:
+    """Encode RGB frames as lossless VP9 (in WebM, or in MP4 when `path` ends in .mp4); returns the file's bytes.
+    `rotation` (degrees counter-clockwise) is written as the stream's display matrix, as phones record upright
+    video: players turn the stored frames by it."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx-vp9", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"lossless": "1", "cpu-used": "8", "deadline": "realtime"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         container.start_encoding()  # the header, even for a video of no frames
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -79,6 +79,22 @@ def test_a_lost_object_is_hidden_until_found_again() -> None:
     assert shown_error(sequence, tracked) <= 2.0 + 1e-4
 
 
+def test_an_object_the_model_found_starts_where_it_is_first_found() -> None:
+    """SAM 3's instances have no annotated keyframe: the list starts on the first frame the object is found,
+    ends where it is lost and starts again where it is found; never found, no keyframe at all."""
+    tracked: dict[int, tuple | None] = dict.fromkeys(range(1, 8))
+    tracked |= {frame: (200.0 - 4 * frame, 30.0, 240.0 - 4 * frame, 90.0 + frame) for frame in range(8, 60)}
+    for frame in range(30, 36):
+        tracked[frame] = None
+    sequence = keyframe_sequence((), tracked, WIDTH, HEIGHT, 2.0, 25)
+    by_frame = {item["frame"]: item for item in sequence}
+    assert sequence[0]["frame"] == 8 and by_frame[29]["enabled"] is False and by_frame[36]["enabled"] is True
+    assert shown_error(sequence, {frame: box for frame, box in tracked.items() if frame >= 8}) <= 2.0 + 1e-4
+    assert all(interpolated_box(sequence, frame, WIDTH, HEIGHT) is None for frame in range(1, 8))
+    assert len(sequence) < 10, "few keyframes"
+    assert keyframe_sequence((), dict.fromkeys(range(1, 9)), WIDTH, HEIGHT, 2.0, 25) == []
+
+
 def test_an_annotated_end_hides_the_track_until_the_next_annotated_keyframe() -> None:
     region = video_region("r1", [keyframe(1, (10, 10, 50, 50), WIDTH, HEIGHT),
                                  keyframe(10, (40, 10, 80, 50), WIDTH, HEIGHT, enabled=False),
