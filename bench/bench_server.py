@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,6 +47,8 @@ OPENED_WAIT_S = 3.0
 THINK_S = (0.3, 0.5)
 
 
+CHECKPOINT_NAME: list[str] = []  # --checkpoint's file name, for the report
+
 # The two servers of the table, side by side: torch, and the default (RUNTIME=auto: ONNX Runtime on a CPU).
 RUNTIMES = {"torch": "torch", "default": "auto"}
 
@@ -53,6 +56,9 @@ RUNTIMES = {"torch": "torch", "default": "auto"}
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="clicks per measured case (default 10)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a MobileSAM checkpoint to serve instead of random weights (whose masks are speckled: "
+                             "a trained one answers an object's mask, whose RLE costs what a real answer's does)")
     args = parser.parse_args()
     if any(os.environ.get(name) != value for name, value in MALLOC_ENV.items()):
         # glibc reads these at start-up: run again with them, so in-process cases get what the server gets.
@@ -60,7 +66,12 @@ def main() -> int:
         os.execve(sys.executable, command, {**os.environ, **MALLOC_ENV})
     with tempfile.TemporaryDirectory() as work:
         # All torch work of this process runs on the compute thread, as in the server (see compute_thread.py).
-        checkpoint = COMPUTE.run(save_random_checkpoint, "vit_t", Path(work) / "mobile_sam.pt")
+        checkpoint = Path(work) / "mobile_sam.pt"
+        if args.checkpoint:
+            CHECKPOINT_NAME.append(args.checkpoint.name)
+            shutil.copy(args.checkpoint, checkpoint)  # its exported graphs go to the work folder, not beside it
+        else:
+            COMPUTE.run(save_random_checkpoint, "vit_t", checkpoint)
         host = ImageHost()
         backends: dict[str, BackendProcess] = {}
         startup: dict[str, float] = {}
@@ -288,7 +299,8 @@ def report(rows: dict[str, dict[str, list[float]]], answer: str, startup: dict[s
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}, numpy {np.__version__}, label-studio-sdk "
           f"{getattr(label_studio_sdk, '__version__', '?')}")
-    print(f"model: MobileSAM (vit_t), random weights; torch threads {torch.get_num_threads()}")
+    weights = f"weights of {CHECKPOINT_NAME[0]}" if CHECKPOINT_NAME else "random weights"
+    print(f"model: MobileSAM (vit_t), {weights}; torch threads {torch.get_num_threads()}")
     for name, said in served.items():
         print(f"server '{name}' (RUNTIME={RUNTIMES[name]}): {said}")
     print("start-up to /health: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in startup.items()) + "\n")
