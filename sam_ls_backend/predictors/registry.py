@@ -31,15 +31,17 @@ class ModelSpec:
     `sam_ls_backend.predictors`, called as function(settings, main_file) and returning `LoadedModels`).
 
     A model that can also run on ONNX Runtime names `onnx_loader`; `onnx_on_cpu` says RUNTIME=auto serves it
-    there on a CPU (measured faster: README, ONNX). A failed export under auto falls back to `loader`.
+    there on a CPU (measured faster: README, ONNX). A failed export under auto falls back to `loader`. A model
+    whose predictors can switch to a fine-tuned decoder (`use_decoder`) says `learns`.
     """
 
     def __init__(self, main_file: Callable[[ModelSettings], ModelFile], loader: str, onnx_loader: str = "",
-                 onnx_on_cpu: bool = False) -> None:
+                 onnx_on_cpu: bool = False, learns: bool = False) -> None:
         self.main_file = main_file
         self.loader = loader
         self.onnx_loader = onnx_loader
         self.onnx_on_cpu = onnx_on_cpu
+        self.learns = learns  # LEARN=on can fine-tune its decoder (learning/): a SAM checkpoint in main_file
 
     def check(self, settings: ModelSettings) -> None:
         """Raise the ConfigError that explains a missing file, without loading anything."""
@@ -119,9 +121,9 @@ VIDEO_MODELS = ("SAM2", "SAM3")
 MODELS: dict[str, ModelSpec] = {
     # MobileSAM: on a CPU, ONNX Runtime fp32 is the faster exact runtime (README, Runtime).
     "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam", "onnx_cache:load_mobile_sam",
-                           onnx_on_cpu=True),
+                           onnx_on_cpu=True, learns=True),
     # SAM ViT-B/L/H: on ONNX Runtime with RUNTIME=onnx; auto keeps torch (not measured faster).
-    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam", "onnx_cache:load_sam"),
+    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam", "onnx_cache:load_sam", learns=True),
     "ONNX": OnnxModelSpec(lambda s: ModelFile(s.model_path(s.onnx_decoder), "ONNX_DECODER", ""), "onnx_runtime:load"),
     "SAM2": FolderModelSpec(lambda s: ModelFile(s.model_path(s.sam2_model_dir), "SAM2_MODEL_DIR", "sam2"),
                             "hf:load_sam2"),

@@ -10,6 +10,7 @@ million, because batched matrix products round differently.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -32,6 +33,8 @@ from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")  # the weights a learned decoder replaces
 
 
 def load_mobile_sam(settings: Settings, checkpoint: ModelFile) -> LoadedModels:
@@ -78,6 +81,22 @@ class SamImagePredictor:
         self._transform = ResizeLongestSide(model.image_encoder.img_size)
         # One image at a time through the encoder: it already uses every core (or most of a GPU).
         self._encoder_lock = threading.Lock()
+        # The prompt encoder and mask decoder served: the checkpoint's, or a learned pair (`use_decoder`). Read
+        # once per decode, so a decode that starts before a switch finishes with the pair it started with.
+        self._checkpoint_decoder = (model.prompt_encoder, model.mask_decoder)
+        self._decoder = self._checkpoint_decoder
+
+    def use_decoder(self, learned: Any) -> None:
+        """Serve the prompt encoder and mask decoder of `learned` (a `learning.decoders.LearnedDecoder`: LEARN=on),
+        or the checkpoint's own for None. The image encoder, and so every cached embedding, stays as it is."""
+        if learned is None:
+            self._decoder = self._checkpoint_decoder
+            return
+        prompt_encoder, mask_decoder = (copy.deepcopy(part) for part in self._checkpoint_decoder)
+        pair = torch.nn.ModuleDict({"prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder})
+        pair.load_state_dict(read_decoder_weights(learned.weights))
+        pair.to(self.device).eval()
+        self._decoder = (prompt_encoder, mask_decoder)
 
     @on_compute_thread
     @torch.inference_mode()
@@ -130,10 +149,11 @@ class SamImagePredictor:
         coords = self._transform.apply_coords(np.asarray(points, dtype=np.float64), embedding.original_size)
         in_points = torch.as_tensor(coords, device=self.device)[:, None, :]
         labels = torch.ones(len(points), 1, dtype=torch.int, device=self.device)
-        sparse, dense = self.model.prompt_encoder(points=(in_points, labels), boxes=None, masks=None)
-        low_res, scores = self.model.mask_decoder(
+        prompt_encoder, mask_decoder = self._decoder
+        sparse, dense = prompt_encoder(points=(in_points, labels), boxes=None, masks=None)
+        low_res, scores = mask_decoder(
             image_embeddings=torch.as_tensor(embedding.features, device=self.device).float(),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,
@@ -167,12 +187,13 @@ class SamImagePredictor:
         if mask_inputs[0] is not None:
             stacked = np.stack([np.asarray(mask) for mask in mask_inputs])[:, None]
             masks = torch.as_tensor(stacked, dtype=torch.float, device=self.device)
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        prompt_encoder, mask_decoder = self._decoder
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
         multimask = prompts[0].is_single_click
         features = torch.as_tensor(embedding.features, device=self.device).float()
-        low_res, scores = self.model.mask_decoder(
+        low_res, scores = mask_decoder(
             image_embeddings=features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -188,10 +209,11 @@ class SamImagePredictor:
                 for i in range(len(prompts))]
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's weights without running any code it may carry (`weights_only`)."""
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's weights without running any code it may carry (`weights_only`); with `mmap`, tensors
+    are read from the file only when used (a reader of the decoder alone never loads the image encoder)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many kinds for a corrupt or foreign file
         raise ConfigError(f"{path} is not a readable SAM checkpoint: {error}") from None
     for wrapper in ("model", "state_dict"):
@@ -200,6 +222,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not any(str(key).startswith("image_encoder.") for key in loaded):
         raise ConfigError(f"{path} does not hold SAM weights (no image_encoder.* entries)")
     return loaded
+
+
+def read_decoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A learned decoder's file (LEARN=on): the prompt encoder's and mask decoder's weights, nothing else."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(weights, dict) or not all(str(key).startswith(DECODER_PARTS) for key in weights):
+        raise ConfigError(f"{path} is not a learned decoder: it must hold prompt_encoder.* and mask_decoder.* only")
+    return weights
 
 
 def recognise_model_type(state_dict: dict[str, torch.Tensor]) -> str:
