@@ -185,18 +185,21 @@ class Learner:
             log.warning("annotation region not learned from: %s", why)
         self.counts["skipped"] += len(found.skipped)
         embeddings = {}
+        sizes: dict[str, tuple[int, int] | None] = {}
         for url in {mask.image_url for mask in found.masks}:
             key = image_key(url)
-            if key not in embeddings and not self.store.has_image(key):
+            sizes[key] = self.store.image_size(key)
+            if sizes[key] is None:
                 embeddings[key], _ = self.backend.embeddings.get(url, found.task)
+                sizes[key] = embeddings[key].original_size
         masks = []
         for mask in found.masks:
             key = image_key(mask.image_url)
-            size = embeddings[key].original_size if key in embeddings else None
-            if size is not None and size != mask.mask.shape:
+            size = sizes[key]
+            if size != mask.mask.shape:
                 self.counts["skipped"] += 1
-                log.warning("annotation region %s not learned from: its mask is %s×%s, its image %s×%s", mask.key,
-                            mask.mask.shape[1], mask.mask.shape[0], size[1], size[0])
+                log.warning("annotation region %s not learned from: its mask is %s×%s, its image %s", mask.key,
+                            mask.mask.shape[1], mask.mask.shape[0], f"{size[1]}×{size[0]}" if size else "unknown")
                 continue
             masks.append((mask.key, key, mask.mask))
         new = self.store.replace_annotation(found.annotation, masks, embeddings)

@@ -40,8 +40,9 @@ class RedisStore:
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
 
-    def has_image(self, image: str) -> bool:
-        return bool(self._redis.exists(self._key("image", image)))
+    def image_size(self, image: str) -> tuple[int, int] | None:
+        height, width = self._redis.hmget(self._key("image", image), ["original_h", "original_w"])
+        return (int(height), int(width)) if height is not None and width is not None else None
 
     def replace_annotation(self, annotation: int, masks: Sequence[tuple[str, str, np.ndarray]],
                            embeddings: dict[str, Embedding]) -> int:
@@ -111,13 +112,13 @@ class RedisStore:
 
     def _remove(self, key: str) -> int:
         """Forget one mask, and its image when no other mask needs it; 1 if it was there."""
-        fields = self._redis.hmget(self._key("mask", key), ["annotation", "image"])
+        annotation, image_raw = self._redis.hmget(self._key("mask", key), ["annotation", "image"])
         self._redis.delete(self._key("mask", key))
         self._redis.zrem(self._key("order"), key)
-        if fields[0] is None:
+        if annotation is None or image_raw is None:
             return 0
-        self._redis.srem(self._key("annotation", fields[0].decode()), key)
-        image = fields[1].decode()
+        self._redis.srem(self._key("annotation", annotation.decode()), key)
+        image = image_raw.decode()
         self._redis.srem(self._key("image-masks", image), key)
         if not self._redis.scard(self._key("image-masks", image)):
             self._redis.delete(self._key("image", image))

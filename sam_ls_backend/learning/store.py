@@ -41,7 +41,9 @@ class StoredMask:
 class AnnotationStore(Protocol):
     """What the learner and the trainer need of a store; safe to use from several threads and processes."""
 
-    def has_image(self, image: str) -> bool: ...
+    def image_size(self, image: str) -> tuple[int, int] | None:
+        """The (h, w) of a stored image, or None when the store lacks its embedding."""
+        ...
 
     def replace_annotation(self, annotation: int, masks: Sequence[tuple[str, str, np.ndarray]],
                            embeddings: dict[str, Embedding]) -> int:
@@ -126,9 +128,10 @@ class SqliteStore:
                 raise
             self._db.execute("COMMIT")
 
-    def has_image(self, image: str) -> bool:
+    def image_size(self, image: str) -> tuple[int, int] | None:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM images WHERE image = ?", (image,)).fetchone() is not None
+            row = self._db.execute("SELECT original_h, original_w FROM images WHERE image = ?", (image,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
 
     def replace_annotation(self, annotation: int, masks: Sequence[tuple[str, str, np.ndarray]],
                            embeddings: dict[str, Embedding]) -> int:

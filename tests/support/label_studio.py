@@ -232,6 +232,10 @@ class LabelStudio:
             "POST", f"/api/ml/{ml_id}/interactive-annotating", json=body, timeout=INTERACTIVE_TIMEOUT_S
         )
 
+    def train(self, ml_id: int) -> dict[str, Any]:
+        """What *Start Training* in the project's Model settings does: LS posts START_TRAINING to the backend."""
+        return self._call("POST", f"/api/ml/{ml_id}/train", json={}, timeout=INTERACTIVE_TIMEOUT_S)
+
     def create_annotation(self, task_id: int, result: list[dict[str, Any]]) -> dict[str, Any]:
         """Save an annotation with `result` regions on a task; return the created annotation."""
         return self._call("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})

@@ -166,7 +166,7 @@ def test_the_store_keeps_masks_with_their_images_embedding_and_holds_every_nth_o
     masks = shapes()
     image = image_key("/data/upload/1/scene.png")
     new = store.replace_annotation(1, [(f"1/{i}", image, m) for i, m in enumerate(masks)], {image: embedding(0)})
-    assert new == 3 and store.count() == 3 and store.new_masks() == 3 and store.has_image(image)
+    assert new == 3 and store.count() == 3 and store.new_masks() == 3 and store.image_size(image) == (120, 160)
     kept = list(make_store().masks())  # another worker's view of the same store
     assert [k.key for k in kept] == ["1/0", "1/1", "1/2"]
     assert all((k.mask == m).all() for k, m in zip(kept, masks))
@@ -185,7 +185,7 @@ def test_an_update_replaces_the_annotations_masks_and_an_unchanged_mask_is_not_n
     assert store.replace_annotation(1, [("1/a", image, disc), ("1/b", image, ring)], {}) == 0  # sent twice
     assert store.replace_annotation(1, [("1/a", image, disc), ("1/c", image, box)], {}) == 1  # b gone, c new
     assert [k.key for k in store.masks()] == ["1/a", "1/c"] and store.new_masks() == 1
-    assert store.drop_annotations([1]) == 2 and store.count() == 0 and not store.has_image(image)
+    assert store.drop_annotations([1]) == 2 and store.count() == 0 and store.image_size(image) is None
 
 
 def test_the_store_is_bounded_oldest_out_and_forgets_images_no_mask_needs(make_store):
@@ -195,7 +195,7 @@ def test_the_store_is_bounded_oldest_out_and_forgets_images_no_mask_needs(make_s
         image = image_key(f"image-{index}")
         store.replace_annotation(index, [(f"{index}/r", image, disc)], {image: embedding(index)})
     assert [k.key for k in store.masks()] == ["2/r", "3/r"]
-    assert not store.has_image(image_key("image-0")) and store.has_image(image_key("image-3"))
+    assert store.image_size(image_key("image-0")) is None and store.image_size(image_key("image-3")) == (120, 160)
 
 
 def test_a_mask_whose_image_changed_size_is_not_trained_on(make_store):
