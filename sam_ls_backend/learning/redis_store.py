@@ -10,6 +10,7 @@ held_out, digest, height, width, bits), `order` (mask keys by seq), `annotation:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import redis
@@ -32,7 +33,8 @@ class RedisStore:
 
     def __init__(self, url: str, namespace: str, max_masks: int, held_out: int,
                  client: redis.Redis | None = None) -> None:
-        self._redis = client or redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=2.0)
+        # Untyped: redis-py types every reply as bytes | str | ..., and this client always answers bytes.
+        self._redis: Any = client or redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=2.0)
         self._prefix = f"sam-ls-backend:learn:{namespace}:"
         self.max_masks = max_masks
         self.held_out = held_out
