@@ -114,8 +114,7 @@ class Learner:
                 return "running"
             self._training = subprocess.Popen(
                 [sys.executable, "-m", "sam_ls_backend.learning.trainer"], stdout=subprocess.PIPE, text=True,
-                env={**os.environ, **_environment(self.settings)}, preexec_fn=_lowest_priority,
-                cwd=Path(__file__).resolve().parents[2])
+                env={**os.environ, **_environment(self.settings)}, cwd=Path(__file__).resolve().parents[2])
             self.counts["trainings_started"] += 1
             threading.Thread(target=self._report, args=(self._training,), name="learn-report", daemon=True).start()
             return "started"
@@ -225,7 +224,3 @@ def _environment(settings: Settings) -> dict[str, str]:
             ("SAM_CHOICE", "MODEL_DIR", "MOBILESAM_CHECKPOINT", "SAM_CHECKPOINT", "LEARN_DIR", "LEARN_HELD_OUT",
              "LEARN_MAX_ANNOTATIONS", "LEARN_TIME_BUDGET", "LEARN_STEPS", "RUNTIME")} | {
         "REDIS_URL": settings.redis_url}
-
-
-def _lowest_priority() -> None:
-    os.nice(19)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -34,6 +35,7 @@ MIN_HELD_OUT_MASKS = 2
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    os.nice(19)  # the lowest CPU priority: clicks served meanwhile keep the cores
     torch.set_num_threads(1)
     from sam_ls_backend.learning.learner import learning_files, open_store  # the server's own paths and store
 
