@@ -117,6 +117,14 @@ def test_start_training_learns_from_the_annotations_and_the_next_click_uses_the_
     base_masks, base_scores, _ = base.predict(np.array([[x + 0.5, y + 0.5]]), np.array([1]), multimask_output=True)
     assert (served != base_masks[int(np.argmax(base_scores))]).mean() > 0.05
 
+    # A worker on the default runtime of a CPU (ONNX Runtime) serves the same decoder from its exported graph.
+    onnx_client, onnx_backend = learning_client(RUNTIME="onnx")
+    assert onnx_backend.predictor.runtime == "onnxruntime" and onnx_backend.learner.served.version == 1
+    onnx_answer, _ = click_at_innermost_point(onnx_client, url, masks[0])
+    assert onnx_answer["model_version"] == "MobileSAM-vit_t+learned-v1"
+    onnx_mask = decode_brush_region(onnx_answer["results"][0]["result"][0])
+    assert (onnx_mask & served).sum() / (onnx_mask | served).sum() >= 0.999
+
 
 def test_a_training_on_nonsense_masks_is_kept_aside_and_the_checkpoints_decoder_still_serves(
         learning_client, scenes):
