@@ -72,7 +72,10 @@ def train_once(settings: Settings, checkpoint: Any, decoders: LearnedDecoders, s
     options = TrainOptions(time_budget_s=settings.learn_time_budget,
                            **({"steps": settings.learn_steps} if settings.learn_steps else {}))
     before = click_iou(sam, held_out)
-    weights = fine_tune(sam, training, options)
+    parent = os.getppid()
+    weights = fine_tune(sam, training, options, should_stop=lambda: os.getppid() != parent)  # the worker is gone
+    if os.getppid() != parent:
+        return {"status": "stopped: the worker that started the training has exited"}
     after = click_iou(sam, held_out, weights)
     adopted = after > before
     version = status.served + 1 if adopted else status.served
