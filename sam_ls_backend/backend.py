@@ -63,7 +63,10 @@ class SamBackend:
         exact = EXACT_RECENT_IMAGES if settings.embedding_precision == "mixed" else None
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
         if shared is None and settings.redis_url:
-            namespace = fingerprint(self.base_model_version, model_spec(settings.sam_choice).files(settings))
+            # Replicas on another runtime do not share embeddings: ONNX Runtime's differ from torch's in the last bits.
+            runtime = getattr(predictor, "runtime", "torch")
+            files = model_spec(settings.sam_choice).files(settings)
+            namespace = fingerprint(f"{self.base_model_version}:{runtime}", files)
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
         self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
         self.history = RefinementHistory(REFINEMENT_HISTORY_BYTES)

@@ -30,6 +30,7 @@ class SharedEmbeddings:
 
     def __init__(self, url: str, namespace: str, ttl_seconds: int, client: redis.Redis | None = None) -> None:
         self._redis = client or redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.namespace = namespace
         self._prefix = f"sam-ls-backend:{namespace}:"
         self._ttl = ttl_seconds
         self._quiet_until = 0.0
