@@ -1,9 +1,9 @@
 """Embeddings shared by every worker and replica through Redis, so an image is encoded once per deployment.
 
-Two kinds of entries, both namespaced by the model's fingerprint so that replicas on another checkpoint
-never read them: the embedding of an image (keyed by the SHA-256 of its bytes, float16 at rest), and which
-image a task URL showed (so a warm replica neither downloads nor encodes). Redis being down never fails a
-click: the backend logs it and carries on with its own cache.
+Two kinds of entries, both namespaced by the model's fingerprint and runtime so that replicas on another
+checkpoint or runtime never read them: the embedding of an image (keyed by the SHA-256 of its bytes, float16 at
+rest), and which image a task URL showed (so a warm replica neither downloads nor encodes). Redis being down
+never fails a click: the backend logs it and carries on with its own cache.
 """
 
 from __future__ import annotations
