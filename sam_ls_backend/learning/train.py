@@ -46,7 +46,9 @@ class Example:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How `fine_tune` trains; the defaults are the settings measured best on generated scenes (README)."""
+    """How `fine_tune` trains. The defaults are SAM's own training settings (meant for fine-tuning trained
+    weights); from random weights none of the settings measured here raised held-out IoU within minutes
+    (README, Tests)."""
 
     steps: int = 300
     learning_rate: float = 1e-3
