@@ -1,7 +1,7 @@
 """Fine-tuning speed and effect: held-out click IoU before and after `learning.train.fine_tune`, per setting.
 
 Takes the random-weight MobileSAM the tests use and the generated shape scenes of the tests' trained checkpoint
-(`tests/support/trained_checkpoint.py`: its training and held-out scenes), embeds them once, then trains the
+(`tests/support/shape_examples.py`: its training and held-out scenes), embeds them once, then trains the
 prompt encoder and mask decoder with each setting asked for (the image encoder frozen) and prints the training
 time and the held-out click IoU (`learning.train.click_iou`) before and after.
 
@@ -23,7 +23,7 @@ import torch
 from bench.machine import cpu_model
 from sam_ls_backend.learning.train import click_iou, fine_tune
 from tests.support.checkpoints import random_model
-from tests.support.trained_checkpoint import RECIPE, scene_examples
+from tests.support.shape_examples import RECIPE, scene_examples
 
 
 def main() -> int:

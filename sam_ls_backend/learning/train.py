@@ -63,12 +63,14 @@ class TrainOptions:
     negative_share: float = 0.2  # point prompts that also get a negative point outside the mask
     box_jitter: float = 0.1  # std of a box edge's shift, as a share of the box's side (SAM's)
     second_round_share: float = 1.0  # examples that also get a correction round
-    focal_weight: float = 20.0  # SAM's 20:1 focal to dice
+    # Class-balanced cross-entropy + dice by default: SAM's focal 20:1 dice (focal_weight=20, focal_gamma=2,
+    # focal_alpha=0.25, class_balance=False) collapses every answer to empty when starting from random weights.
+    focal_weight: float = 1.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
-    focal_gamma: float = 2.0
+    focal_gamma: float = 0.0
     focal_alpha: float = 0.25  # weight of the mask's cells; a negative value weighs both classes alike
-    class_balance: bool = False  # instead of focal_alpha: the mask and the rest weigh half the loss each
+    class_balance: bool = True  # instead of focal_alpha: the mask and the rest weigh half the loss each
 
 
 def fine_tune(sam: torch.nn.Module, examples: Sequence[Example], options: TrainOptions,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sam_ls_backend.learning.train import Example, TrainOptions, click_iou, fine_tune, innermost_point
-from tests.support.trained_checkpoint import RECIPE, scene_examples
+from tests.support.shape_examples import RECIPE, scene_examples
 
 TRAIN_SEEDS = (3000, 3001)
 HELD_OUT_SEEDS = (4000, 4001)

@@ -331,12 +331,11 @@ def _ensure_cached(final: Path, build: Callable[[Path, Path], None]) -> Path:
 
 
 @contextlib.contextmanager
-def _cache_lock(name: str = ".lock") -> Iterator[None]:
-    """Hold an exclusive lock on the cache so concurrent test runs never build the same entry twice; entries
-    built independently of Label Studio's (trained_checkpoint.py) take a lock file `name` of their own."""
+def _cache_lock() -> Iterator[None]:
+    """Hold an exclusive lock on the cache so concurrent test runs never build the same entry twice."""
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    with (root / name).open("w") as lock_file:
+    with (root / ".lock").open("w") as lock_file:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
             try:
@@ -344,7 +343,7 @@ def _cache_lock(name: str = ".lock") -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    message = f"cache lock {root / name} still held after {LOCK_TIMEOUT_S:.0f} s"
+                    message = f"cache lock {root / '.lock'} still held after {LOCK_TIMEOUT_S:.0f} s"
                     raise HarnessError(message) from None
                 time.sleep(1)
         try:
