@@ -19,6 +19,7 @@ from sam_ls_backend.embeddings.lookup import ImageEmbeddings
 from sam_ls_backend.embeddings.refinement import RefinementHistory
 from sam_ls_backend.embeddings.shared import SharedEmbeddings
 from sam_ls_backend.errors import InvalidRequest
+from sam_ls_backend.learning.learner import Learner
 from sam_ls_backend.lru import LRU
 from sam_ls_backend.media.fetch import ImageSource
 from sam_ls_backend.outputs import images_with_outputs
@@ -60,12 +61,15 @@ class SamBackend:
         self.video_loader = video  # loads the video tracker on the first video request
         self.video_concept_loader = video_concepts  # SAM 3's concept tracker, on the first video concept request
         self.predictor = predictor
-        self.model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
+        self.base_model_version = settings.model_version or f"{settings.sam_choice}-{predictor.model_type}"
         self.images = ImageSource(settings)
         exact = EXACT_RECENT_IMAGES if settings.embedding_precision == "mixed" else None
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(settings.embedding_cache_mb * 2**20, exact_entries=exact)
         if shared is None and settings.redis_url:
-            namespace = fingerprint(self.model_version, model_spec(settings.sam_choice).files(settings))
+            # Replicas on another runtime do not share embeddings: ONNX Runtime's differ from torch's in the last bits.
+            runtime = getattr(predictor, "runtime", "torch")
+            files = model_spec(settings.sam_choice).files(settings)
+            namespace = fingerprint(f"{self.base_model_version}:{runtime}", files)
             shared = SharedEmbeddings(settings.redis_url, namespace, settings.redis_ttl_hours * 3600)
         self.embeddings = ImageEmbeddings(settings, predictor, self.images, self.cache, shared)
         self.history = RefinementHistory(REFINEMENT_HISTORY_BYTES)
@@ -76,6 +80,24 @@ class SamBackend:
                                               settings.polygon_min_area)
         self.pipelines: list[Pipeline] = [p for p in (build(self) for build in PIPELINES) if p is not None]
         self._schemas: LRU[str, str] = LRU(REMEMBERED_PROJECTS)  # project -> labeling config from /setup
+        self.learner = Learner(settings, self) if settings.learn == "on" else None
+
+    @property
+    def model_version(self) -> str:
+        """The base model's name, with the learned decoder's version when one is served (LEARN=on)."""
+        if self.learner is None:
+            return self.base_model_version
+        self.learner.refresh()
+        return self.base_model_version + self.learner.version_suffix
+
+    def webhook(self, body: Any) -> dict:
+        """Label Studio's annotation events (LEARN=on: learned from; otherwise acknowledged and ignored)."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the /webhook body must be a JSON object")
+        if self.learner is None:
+            action = body.get("action")
+            return {"status": "ignored", "action": action if isinstance(action, str) else None}
+        return self.learner.webhook(body)
 
     @property
     def first_embeddings(self) -> ImageEmbeddings:
@@ -97,10 +119,11 @@ class SamBackend:
     def predict(self, body: Any, stats: PredictStats | None = None) -> dict:
         """One prediction per task; tasks get masks only when the request carries smart regions."""
         stats = stats or PredictStats()
+        model_version = self.model_version  # serves a newly adopted decoder (LEARN=on) from here on
         request, raw_regions = self._parse_predict(body)
         stats.tasks = len(request.tasks)
         if raw_regions is None:
-            return {"results": self._prelabel(request, stats), "model_version": self.model_version}
+            return {"results": self._prelabel(request, stats, model_version), "model_version": model_version}
         stats.interactive = True
         regions = read_regions(raw_regions, self.settings.negative_label_names)
         work = []
@@ -112,12 +135,12 @@ class SamBackend:
             raise InvalidRequest("context.result holds no keypointlabels or rectanglelabels region to segment from "
                                  "(nor a videorectangle to track)")
         predictions = [self._prediction([region for pipeline, prompts in work
-                                         for region in pipeline.answer(request, task, prompts, stats)])
+                                         for region in pipeline.answer(request, task, prompts, stats)], model_version)
                        for task in request.tasks]
         stats.regions = sum(len(p["result"]) for p in predictions)
-        return {"results": predictions, "model_version": self.model_version}
+        return {"results": predictions, "model_version": model_version}
 
-    def _prelabel(self, request: Request, stats: PredictStats) -> list:
+    def _prelabel(self, request: Request, stats: PredictStats, model_version: str) -> list:
         """A prediction for each task some pipeline labels without regions; the others' images are warmed."""
         answers: list = []
         unlabelled = []
@@ -127,7 +150,7 @@ class SamBackend:
             if result is None:
                 unlabelled.append(task)
             # An empty list for a task: Label Studio then stores no (empty) prediction for it.
-            answers.append([] if result is None else self._prediction(result))
+            answers.append([] if result is None else self._prediction(result, model_version))
         stats.warmed = self._warm(unlabelled, request.config)
         return answers
 
@@ -177,6 +200,7 @@ class SamBackend:
             raise InvalidRequest("'label_config' is missing and /setup did not provide the project's schema")
         return parse_label_config(xml)
 
-    def _prediction(self, result: list[dict]) -> dict:
+    @staticmethod
+    def _prediction(result: list[dict], model_version: str) -> dict:
         score = sum(region["score"] for region in result) / len(result) if result else 0.0
-        return {"result": result, "score": round(score, 4), "model_version": self.model_version}
+        return {"result": result, "score": round(score, 4), "model_version": model_version}

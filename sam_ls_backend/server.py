@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from sam_ls_backend import metrics as model_metrics
 from sam_ls_backend.backend import SamBackend
 from sam_ls_backend.errors import BackendError, InvalidRequest
+from sam_ls_backend.learning.learner import Learner
 from sam_ls_backend.outputs.base import JsonText
 from sam_ls_backend.pipelines.base import PredictStats
 from sam_ls_backend.settings import Settings
@@ -52,10 +53,7 @@ def create_app(settings: Settings, backend: SamBackend) -> Flask:
 
     @app.post("/webhook")
     def webhook() -> Response:
-        body = _json_body()
-        action = body.get("action") if isinstance(body, dict) else None
-        log.debug("webhook %s ignored", action)
-        return jsonify(status="ok", action=action if isinstance(action, str) else None)
+        return jsonify(backend.webhook(_json_body()))
 
     @app.get("/versions")
     def versions() -> Response:
@@ -205,6 +203,8 @@ class _Metrics:
         self.errors = Counter("sam_errors", "requests refused or failed, by kind of error", ["kind"],
                               registry=self.registry)
         self.registry.register(_CacheCollector(backend))
+        if backend.learner is not None:
+            self.registry.register(_LearningCollector(backend.learner))
 
     def observe(self, route: str, kind: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, kind=kind, status=str(status)).inc()
@@ -229,3 +229,32 @@ class _CacheCollector:
         for source, count in self.backend.embeddings.sources().items():
             sources.add_metric([source], count)
         yield sources
+
+
+class _LearningCollector:
+    """LEARN=on: what is kept and learned, read at scrape time (the store and `learned.json` are shared)."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+
+    def collect(self):
+        status = self.learner.decoders.status()
+        yield GaugeMetricFamily("sam_learning_annotations", "masks kept to learn from (every worker's)",
+                                self.learner.store.count())
+        yield GaugeMetricFamily("sam_learning_new_annotations", "masks kept since the last training started",
+                                self.learner.store.new_masks())
+        yield CounterMetricFamily("sam_learning_trainings", "trainings finished, adopted or not", status.trainings)
+        yield GaugeMetricFamily("sam_learning_version_served", "learned decoder version served (0: the checkpoint's)",
+                                self.learner.served.version if self.learner.served else 0)
+        held_out = GaugeMetricFamily("sam_learning_held_out_iou", "click IoU on the held-out masks in the last "
+                                     "training, of the decoder served before it and of the one it made",
+                                     labels=["decoder"])
+        for decoder, iou in (("before", status.held_out_before), ("after", status.held_out_after)):
+            if iou is not None:
+                held_out.add_metric([decoder], iou)
+        yield held_out
+        events = CounterMetricFamily("sam_learning_events", "annotation regions kept, skipped (unreadable) and "
+                                     "dropped (deleted) by this process", labels=["event"])
+        for event in ("kept", "skipped", "dropped"):
+            events.add_metric([event], self.learner.counts[event])
+        yield events

@@ -21,6 +21,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 MODEL_TYPES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
 RUNTIMES = ("auto", "torch", "onnx")
 PREANNOTATE_KINDS = ("off", "concepts", "everything")
+LEARN_MODES = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,21 @@ class Settings:
     # replicas behind a load balancer busy).
     predictions_batch: int = 8
     predictions_concurrency: int = 2
+
+    # Learning from the project's annotations (MobileSAM, SAM): with LEARN=on, the masks of created and updated
+    # annotations are kept (LEARN_MAX_ANNOTATIONS of them, oldest out) with their image's embedding, and the
+    # prompt encoder and mask decoder are fine-tuned on Start Training and after every LEARN_EVERY new masks
+    # (0: only on Start Training), in a background process of low priority for at most LEARN_TIME_BUDGET
+    # seconds. Every LEARN_HELD_OUT-th mask is never trained on: a new decoder is served only if its click IoU
+    # on those beats the current one's. The store and the decoders live in LEARN_DIR (empty: beside the
+    # checkpoint), or the store in Redis when REDIS_URL is set.
+    learn: str = "off"
+    learn_every: int = 50
+    learn_max_annotations: int = 2000
+    learn_held_out: int = 5
+    learn_time_budget: float = 600.0
+    learn_steps: int = 0  # 0: the training recipe's own number of steps
+    learn_dir: str = ""
 
     # Image download limits.
     image_connect_timeout: float = 5.0
@@ -222,6 +238,7 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must be 0 or more")
         self._validate_preannotation()
+        self._validate_learning()
 
     def _validate_preannotation(self) -> None:
         if self.preannotate not in PREANNOTATE_KINDS:
@@ -233,6 +250,16 @@ class Settings:
         for name in ("everything_pred_iou", "everything_stability", "everything_nms"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name.upper()} must be between 0 and 1")
+
+    def _validate_learning(self) -> None:
+        if self.learn not in LEARN_MODES:
+            raise ConfigError(f"LEARN must be on or off, not {self.learn!r}")
+        if self.learn_every < 0 or self.learn_steps < 0:
+            raise ConfigError("LEARN_EVERY and LEARN_STEPS must be 0 or more")
+        if self.learn_held_out < 2:
+            raise ConfigError("LEARN_HELD_OUT must be 2 or more (every N-th mask is held out)")
+        if self.learn_max_annotations <= 0 or self.learn_time_budget <= 0:
+            raise ConfigError("LEARN_MAX_ANNOTATIONS and LEARN_TIME_BUDGET must be positive")
 
     @property
     def negative_label_names(self) -> frozenset[str]:
@@ -265,7 +292,7 @@ def _convert(name: str, raw: str, kind: object) -> object:
     if name == "SAM_CHOICE":
         return {c.lower(): c for c in MODELS}.get(raw.strip().lower(), raw)
     if name in ("SAM_MODEL_TYPE", "RUNTIME", "DEVICE", "EMBEDDING_PRECISION", "RESULT_TYPE", "DECODER_BATCH",
-                "PREANNOTATE"):
+                "PREANNOTATE", "LEARN"):
         return raw.strip().lower()
     if name == "LABEL_STUDIO_URL":
         return raw.strip().rstrip("/")

@@ -1,9 +1,9 @@
 """Embeddings shared by every worker and replica through Redis, so an image is encoded once per deployment.
 
-Two kinds of entries, both namespaced by the model's fingerprint so that replicas on another checkpoint
-never read them: the embedding of an image (keyed by the SHA-256 of its bytes, float16 at rest), and which
-image a task URL showed (so a warm replica neither downloads nor encodes). Redis being down never fails a
-click: the backend logs it and carries on with its own cache.
+Two kinds of entries, both namespaced by the model's fingerprint and runtime so that replicas on another
+checkpoint or runtime never read them: the embedding of an image (keyed by the SHA-256 of its bytes, float16 at
+rest), and which image a task URL showed (so a warm replica neither downloads nor encodes). Redis being down
+never fails a click: the backend logs it and carries on with its own cache.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class SharedEmbeddings:
 
     def __init__(self, url: str, namespace: str, ttl_seconds: int, client: redis.Redis | None = None) -> None:
         self._redis = client or redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.namespace = namespace
         self._prefix = f"sam-ls-backend:{namespace}:"
         self._ttl = ttl_seconds
         self._quiet_until = 0.0

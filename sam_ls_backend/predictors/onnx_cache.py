@@ -117,7 +117,8 @@ def load_exported(settings: Settings, checkpoint: ModelFile, mobile: bool):
         raise ConfigError(f"SAM_MODEL_TYPE={settings.sam_model_type} but {path.name} holds a {model_type} model")
     log.info("serving %s on ONNX Runtime (%s) from %s and %s, opened in %.1f s", model_type,
              decoder.get_providers()[0], decoder_path.name, encoder_path.name, time.perf_counter() - started)
-    return OnnxSamPredictor(decoder, OnnxImageEncoder(encoder), model_type, grid=partial(_grid_decoder, settings, path))
+    return OnnxSamPredictor(decoder, OnnxImageEncoder(encoder), model_type, grid=partial(_grid_decoder, settings, path),
+                            device=settings.device)
 
 
 def _grid_decoder(settings: Settings, checkpoint: Path):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from sam_ls_backend.errors import ConfigError
+from sam_ls_backend.errors import ConfigError, RuntimeUnavailable
 from sam_ls_backend.predictors.base import Embedding, LoadedModels, MaskResult
 from sam_ls_backend.predictors.files import ModelFile, onnx_paths, sam_checkpoint
 from sam_ls_backend.predictors.onnx_graph import (
@@ -73,7 +73,7 @@ def load(settings: Settings, decoder_file: ModelFile) -> LoadedModels:
     log.info("loaded ONNX %s: decoder %s, encoder %s, on %s in %.1f s", model_type, decoder_path,
              encoder_path or "in torch", decoder.get_providers()[0], time.perf_counter() - started)
     grid = encoder.grid_decoder if isinstance(encoder, TorchImageEncoder) else None
-    return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type, grid))
+    return LoadedModels(OnnxSamPredictor(decoder, encoder, model_type, grid, settings.device))
 
 
 class OnnxSamPredictor:
@@ -82,8 +82,10 @@ class OnnxSamPredictor:
     runtime = "onnxruntime"
 
     def __init__(self, decoder: ort.InferenceSession, encoder: ImageEncoder, model_type: str,
-                 grid: Callable[[], GridDecoder] | None = None) -> None:
+                 grid: Callable[[], GridDecoder] | None = None, device: str = "cpu") -> None:
         self.model_type = model_type
+        self.device = device
+        self._checkpoint_decoder = decoder
         self._decoder = decoder
         self._encoder = encoder
         self._load_grid = grid
@@ -101,6 +103,17 @@ class OnnxSamPredictor:
             if self._grid is None:
                 self._grid = self._load_grid()
             return self._grid
+
+    def use_decoder(self, learned: Any) -> None:
+        """Serve the prompt graph of `learned` (a `learning.decoders.LearnedDecoder`: LEARN=on), or the
+        checkpoint's own for None; RuntimeUnavailable when the learned one has no ONNX graph."""
+        if learned is None:
+            self._decoder = self._checkpoint_decoder
+            return
+        if not learned.onnx.is_file():
+            raise RuntimeUnavailable(f"{learned.onnx.name} is missing: the learned decoder v{learned.version} "
+                                     "has no ONNX Runtime graph (its export failed: see the trainer's log)")
+        self._decoder = open_graph(learned.onnx, "the learned decoder", DECODER_GRAPH, self.device)
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an H×W×3 uint8 RGB image; the features come back as a NumPy array."""

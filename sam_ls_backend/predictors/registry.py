@@ -31,19 +31,24 @@ class ModelSpec:
     `sam_ls_backend.predictors`, called as function(settings, main_file) and returning `LoadedModels`).
 
     A model that can also run on ONNX Runtime names `onnx_loader`; `onnx_on_cpu` says RUNTIME=auto serves it
-    there on a CPU (measured faster: README, ONNX). A failed export under auto falls back to `loader`.
+    there on a CPU (measured faster: README, ONNX). A failed export under auto falls back to `loader`. A model
+    whose predictors can switch to a fine-tuned decoder (`use_decoder`) says `learns`.
     """
 
     def __init__(self, main_file: Callable[[ModelSettings], ModelFile], loader: str, onnx_loader: str = "",
-                 onnx_on_cpu: bool = False) -> None:
+                 onnx_on_cpu: bool | Callable[[ModelSettings], bool] = False, learns: bool = False) -> None:
         self.main_file = main_file
         self.loader = loader
         self.onnx_loader = onnx_loader
         self.onnx_on_cpu = onnx_on_cpu
+        self.learns = learns  # LEARN=on can fine-tune its decoder (learning/): a SAM checkpoint in main_file
 
     def check(self, settings: ModelSettings) -> None:
         """Raise the ConfigError that explains a missing file, without loading anything."""
         self.main_file(settings).require_file()
+
+    def _onnx_on_cpu(self, settings: ModelSettings) -> bool:
+        return self.onnx_on_cpu(settings) if callable(self.onnx_on_cpu) else self.onnx_on_cpu
 
     def runtime(self, settings: ModelSettings) -> str:
         """torch or onnx: what RUNTIME makes of this model here (auto on DEVICE=auto asks torch for a GPU)."""
@@ -51,12 +56,13 @@ class ModelSpec:
             return "torch"
         if settings.runtime == "onnx":
             return "onnx"
-        return "onnx" if self.onnx_on_cpu and not _on_gpu(settings.device) else "torch"
+        return "onnx" if self._onnx_on_cpu(settings) and not _on_gpu(settings.device) else "torch"
 
     def may_export(self, settings: ModelSettings) -> bool:
         """RUNTIME may export this model's checkpoint at load and its graphs are not cached yet (cheap: no
         torch or onnxruntime import, so a gunicorn master can ask and leave the export to a child process)."""
-        if not self.onnx_loader or settings.runtime == "torch" or (settings.runtime == "auto" and not self.onnx_on_cpu):
+        if not self.onnx_loader or settings.runtime == "torch" or (settings.runtime == "auto"
+                                                                   and not self._onnx_on_cpu(settings)):
             return False
         checkpoint = self.main_file(settings).path
         return checkpoint.is_file() and not is_exported(settings, checkpoint)
@@ -113,15 +119,28 @@ class OnnxModelSpec(ModelSpec):
         return [self.main_file(settings).path, mobile_sam_checkpoint(settings).path, sam_checkpoint(settings).path]
 
 
+# The largest SAM checkpoint taken for a ViT-B without reading it: sam_vit_b_01ec64.pth is 375 MB, ViT-L's 1.25 GB.
+VIT_B_MAX_BYTES = 600 * 2**20
+
+
+def _is_vit_b(settings: ModelSettings) -> bool:
+    """SAM_MODEL_TYPE=vit_b, or (auto) a checkpoint no larger than a ViT-B's: cheap, the weights are not read."""
+    if settings.sam_model_type != "auto":
+        return settings.sam_model_type == "vit_b"
+    path = sam_checkpoint(settings).path
+    return path.is_file() and path.stat().st_size <= VIT_B_MAX_BYTES
+
+
 # The choices whose models track objects through videos.
 VIDEO_MODELS = ("SAM2", "SAM3")
 
 MODELS: dict[str, ModelSpec] = {
     # MobileSAM: on a CPU, ONNX Runtime fp32 is the faster exact runtime (README, Runtime).
     "MobileSAM": ModelSpec(mobile_sam_checkpoint, "sam:load_mobile_sam", "onnx_cache:load_mobile_sam",
-                           onnx_on_cpu=True),
-    # SAM ViT-B/L/H: on ONNX Runtime with RUNTIME=onnx; auto keeps torch (not measured faster).
-    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam", "onnx_cache:load_sam"),
+                           onnx_on_cpu=True, learns=True),
+    # SAM ViT-B: on a CPU, ONNX Runtime fp32 too (measured faster); ViT-L/H stay on torch unless RUNTIME=onnx.
+    "SAM": ModelSpec(sam_checkpoint, "sam:load_sam", "onnx_cache:load_sam", onnx_on_cpu=_is_vit_b,
+                     learns=True),
     "ONNX": OnnxModelSpec(lambda s: ModelFile(s.model_path(s.onnx_decoder), "ONNX_DECODER", ""), "onnx_runtime:load"),
     "SAM2": FolderModelSpec(lambda s: ModelFile(s.model_path(s.sam2_model_dir), "SAM2_MODEL_DIR", "sam2"),
                             "hf:load_sam2"),

@@ -10,6 +10,7 @@ million, because batched matrix products round differently.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -33,6 +34,8 @@ from sam_ls_backend.protocol.prompts import Prompt
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")  # the weights a learned decoder replaces
 
 
 def load_mobile_sam(settings: Settings, checkpoint: ModelFile) -> LoadedModels:
@@ -81,6 +84,22 @@ class SamImagePredictor:
         self._encoder_lock = threading.Lock()
         self._grid = SamGridDecoder(model.prompt_encoder, model.mask_decoder, self.device,
                                     model.image_encoder.img_size, float(model.mask_threshold))
+        # The prompt encoder and mask decoder served: the checkpoint's, or a learned pair (`use_decoder`). Read
+        # once per decode, so a decode that starts before a switch finishes with the pair it started with.
+        self._checkpoint_decoder = (model.prompt_encoder, model.mask_decoder)
+        self._decoder = self._checkpoint_decoder
+
+    def use_decoder(self, learned: Any) -> None:
+        """Serve the prompt encoder and mask decoder of `learned` (a `learning.decoders.LearnedDecoder`: LEARN=on),
+        or the checkpoint's own for None. The image encoder, and so every cached embedding, stays as it is."""
+        if learned is None:
+            self._decoder = self._checkpoint_decoder
+            return
+        prompt_encoder, mask_decoder = (copy.deepcopy(part) for part in self._checkpoint_decoder)
+        pair = torch.nn.ModuleDict({"prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder})
+        pair.load_state_dict(read_decoder_weights(learned.weights))
+        pair.to(self.device).eval()
+        self._decoder = (prompt_encoder, mask_decoder)
 
     @on_compute_thread
     @torch.inference_mode()
@@ -155,12 +174,13 @@ class SamImagePredictor:
         if mask_inputs[0] is not None:
             stacked = np.stack([np.asarray(mask) for mask in mask_inputs])[:, None]
             masks = torch.as_tensor(stacked, dtype=torch.float, device=self.device)
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        prompt_encoder, mask_decoder = self._decoder
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
         multimask = prompts[0].is_single_click
         features = torch.as_tensor(embedding.features, device=self.device).float()
-        low_res, scores = self.model.mask_decoder(
+        low_res, scores = mask_decoder(
             image_embeddings=features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -179,30 +199,41 @@ class SamImagePredictor:
 def load_grid_decoder(settings: Settings, checkpoint: Path) -> SamGridDecoder:
     """The prompt encoder and mask decoder of a SAM / MobileSAM checkpoint, without its image encoder, for
     automatic mask generation on embeddings another runtime made (every SAM model type shares their shape)."""
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
-
     use_torch_threads(settings.torch_threads)
     started = time.perf_counter()
-    state_dict = read_state_dict(checkpoint)
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                                   mask_in_chans=16)
-    mask_decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-                               transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
+    prompt_encoder, mask_decoder = decoder_parts(read_state_dict(checkpoint, mmap=True))
     device = resolve_device(settings.device)
-    for name, module in (("prompt_encoder", prompt_encoder), ("mask_decoder", mask_decoder)):
-        prefix = f"{name}."
-        module.load_state_dict({key.removeprefix(prefix): value for key, value in state_dict.items()
-                                if key.startswith(prefix)})
+    for module in (prompt_encoder, mask_decoder):
         module.to(device).eval()
     log.info("loaded the prompt encoder and mask decoder of %s on %s for PREANNOTATE=everything in %.1f s",
              checkpoint, device, time.perf_counter() - started)
     return SamGridDecoder(prompt_encoder, mask_decoder, device)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's weights without running any code it may carry (`weights_only`)."""
+def decoder_parts(state_dict: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """SAM's prompt encoder and mask decoder (the same in SAM ViT-B/L/H and MobileSAM) holding a checkpoint's
+    weights, without its image encoder; ConfigError when the checkpoint does not hold them as SAM lays them out."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                   mask_in_chans=16)
+    mask_decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+                               transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
+    for name, module in (("prompt_encoder", prompt_encoder), ("mask_decoder", mask_decoder)):
+        prefix = f"{name}."
+        try:
+            module.load_state_dict({key.removeprefix(prefix): value for key, value in state_dict.items()
+                                    if key.startswith(prefix)})
+        except RuntimeError as error:
+            raise ConfigError(f"the checkpoint's {name} is not SAM's: {str(error)[:200]}") from None
+    return prompt_encoder, mask_decoder
+
+
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's weights without running any code it may carry (`weights_only`); with `mmap`, tensors
+    are read from the file only when used (a reader of the decoder alone never loads the image encoder)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many kinds for a corrupt or foreign file
         raise ConfigError(f"{path} is not a readable SAM checkpoint: {error}") from None
     for wrapper in ("model", "state_dict"):
@@ -211,6 +242,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not any(str(key).startswith("image_encoder.") for key in loaded):
         raise ConfigError(f"{path} does not hold SAM weights (no image_encoder.* entries)")
     return loaded
+
+
+def read_decoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A learned decoder's file (LEARN=on): the prompt encoder's and mask decoder's weights, nothing else."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(weights, dict) or not all(str(key).startswith(DECODER_PARTS) for key in weights):
+        raise ConfigError(f"{path} is not a learned decoder: it must hold prompt_encoder.* and mask_decoder.* only")
+    return weights
 
 
 def recognise_model_type(state_dict: dict[str, torch.Tensor]) -> str:

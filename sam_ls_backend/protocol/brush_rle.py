@@ -186,3 +186,52 @@ def _fields(codes: np.ndarray, widths: np.ndarray, start: int) -> tuple[int, np.
     # A token that does not spill shifts out nothing but zeros (and NumPy shifts by 64 give 0).
     words[1:] |= aligned[last] << (64 - offset[last])
     return int(word[0]), words
+
+
+def decode_rle(rle: bytes | list[int], width: int, height: int) -> np.ndarray:
+    """The H×W bool mask of a Label Studio brush RLE (pixels whose alpha byte is nonzero).
+
+    Reads every rle-pack token the format allows (repeat and literal, any word size and field widths), not
+    only the ones `encode_rle` writes: annotators' brushes come from Label Studio's page. Raises ValueError
+    when the stream is not a `width`×`height` RGBA mask or ends early.
+    """
+    reader = _BitReader(bytes(rle))
+    count, word = reader.read(32), reader.read(5) + 1
+    field_bits = [reader.read(4) + 1 for _ in range(4)]
+    if count != 4 * width * height:
+        raise ValueError(f"the RLE holds {count} values, not the {4 * width * height} of a {width}×{height} RGBA mask")
+    values = np.zeros(count, dtype=np.uint8)
+    done = 0
+    while done < count:
+        repeat = reader.read(1)
+        end = done + 1 + reader.read(field_bits[reader.read(2)])
+        if end > count:
+            raise ValueError("the RLE describes more values than its header counts")
+        if repeat:
+            values[done:end] = reader.read(word)
+        else:
+            values[done:end] = [reader.read(word) for _ in range(end - done)]
+        done = end
+    return values[3::4].reshape(height, width) > 0
+
+
+class _BitReader:
+    """Fields of a big-endian bit stream, most significant bit first, through a small integer window."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0  # next byte to load
+        self.window = 0
+        self.bits = 0  # bits held in `window`
+
+    def read(self, width: int) -> int:
+        while self.bits < width:
+            if self.position >= len(self.data):
+                raise ValueError("the RLE ends in the middle of a field")
+            self.window = (self.window << 8) | self.data[self.position]
+            self.position += 1
+            self.bits += 8
+        self.bits -= width
+        value = self.window >> self.bits
+        self.window &= (1 << self.bits) - 1
+        return value

@@ -110,3 +110,22 @@ def test_replica_b_reuses_the_embedding_replica_a_computed(redis_url, vit_t_chec
     mask_a = decode_brush_region(first["results"][0]["result"][0])
     mask_b = decode_brush_region(second["results"][0]["result"][0])
     assert np.logical_and(mask_a, mask_b).sum() / np.logical_or(mask_a, mask_b).sum() >= 0.999
+
+
+def test_replicas_on_another_runtime_or_checkpoint_do_not_share_embeddings(vit_t_predictor, redis_url, tmp_path):
+    """ONNX Runtime's embeddings differ from torch's in their last bits: a torch replica never serves them."""
+    from sam_ls_backend.backend import SamBackend
+    from sam_ls_backend.settings import Settings
+
+    class OnOnnxRuntime:  # the namespace reads only the predictor's runtime and model type
+        runtime = "onnxruntime"
+        model_type = vit_t_predictor.model_type
+
+    settings = Settings.from_env({}, REDIS_URL=redis_url, MOBILESAM_CHECKPOINT=str(tmp_path / "mobile_sam.pt"))
+    (tmp_path / "mobile_sam.pt").write_bytes(b"weights")
+    torch_side = SamBackend(settings, vit_t_predictor).embeddings.shared
+    onnx_side = SamBackend(settings, OnOnnxRuntime()).embeddings.shared  # type: ignore[arg-type]
+    again = SamBackend(settings, vit_t_predictor).embeddings.shared
+    assert torch_side.namespace == again.namespace != onnx_side.namespace
+    (tmp_path / "mobile_sam.pt").write_bytes(b"other weights")
+    assert SamBackend(settings, vit_t_predictor).embeddings.shared.namespace != torch_side.namespace

@@ -12,14 +12,19 @@ import torch
 
 def save_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
     """Build `model_type` with seeded random weights and save its state dict to `path`."""
+    torch.save(random_model(model_type, seed).state_dict(), path)
+    return path
+
+
+def random_model(model_type: str, seed: int = 0) -> torch.nn.Module:
+    """`model_type` with seeded random weights (those `save_random_checkpoint` saves), in eval mode."""
     from sam_ls_backend.predictors.sam import MODEL_BUILDERS  # the official registries' builders
 
     torch.manual_seed(seed)
     model = MODEL_BUILDERS[model_type]()
     if model_type == "vit_t":
         _make_masks_blob_like(model)
-    torch.save(model.state_dict(), path)
-    return path
+    return model.eval()
 
 
 @torch.no_grad()

@@ -232,6 +232,14 @@ class LabelStudio:
             "POST", f"/api/ml/{ml_id}/interactive-annotating", json=body, timeout=INTERACTIVE_TIMEOUT_S
         )
 
+    def train(self, ml_id: int) -> int:
+        """What *Start Training* in the project's Model settings does (LS posts START_TRAINING to the backend);
+        Label Studio's HTTP status."""
+        response = self._session.post(f"{self.url}/api/ml/{ml_id}/train", json={}, timeout=INTERACTIVE_TIMEOUT_S)
+        if not response.ok:
+            raise HarnessError(f"POST /api/ml/{ml_id}/train -> {response.status_code}: {response.text[:4000]}")
+        return response.status_code
+
     def create_annotation(self, task_id: int, result: list[dict[str, Any]]) -> dict[str, Any]:
         """Save an annotation with `result` regions on a task; return the created annotation."""
         return self._call("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})

@@ -53,3 +53,32 @@ POLYGON_CONFIG = """<View>
   <PolygonLabels name="poly" toName="image"><Label value="Object" background="#FF0000"/></PolygonLabels>
   <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" background="#0000FF"/></RectangleLabels>
 </View>"""
+
+LEARNING_CONFIG = """<View><Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="Object"/></PolygonLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
+</View>"""
+
+
+def annotation_webhook(results: list[dict], annotation: int, task: int, image_url: str,
+                       action: str = "ANNOTATION_CREATED", config: str = LEARNING_CONFIG) -> dict:
+    """The captured ANNOTATION_CREATED webhook body with another annotation, task image and config."""
+    body = copy.deepcopy(json.loads((FIXTURES / "webhook_annotation_created.json").read_text())["body"])
+    body["action"] = action
+    body["annotation"].update(id=annotation, task=task, result=results)
+    body["task"].update(id=task, data={"image": image_url})
+    body["project"]["label_config"] = config
+    return body
+
+
+def brush_result(mask, region_id: str, label: str = "Object", from_name: str = "tag") -> dict:
+    """A `brushlabels` result as Label Studio stores an annotator's brush: the mask's RLE by the SDK's encoder."""
+    import numpy as np
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    rle = mask2rle(np.asarray(mask, dtype=np.uint8) * 255) if mask.any() else [0, 0, 0, 0]
+    return {"id": region_id, "from_name": from_name, "to_name": "image", "type": "brushlabels",
+            "original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": [int(byte) for byte in rle], "brushlabels": [label]}}

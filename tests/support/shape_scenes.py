@@ -1,6 +1,6 @@
 """Generated scenes of flat coloured shapes on a plain background, with the visible mask of every shape.
 
-Used to train a test checkpoint whose masks follow the prompt (trained_checkpoint.py) and as pictures whose
+Used as training examples (shape_examples.py) and as pictures whose
 objects are known. Shapes are drawn in order, so a later shape hides what it covers of an earlier one.
 """
 

@@ -33,9 +33,18 @@ def test_auto_asks_torch_for_a_gpu_when_the_device_is_auto(monkeypatch):
     assert model_spec("MobileSAM").runtime(settings) == "onnx"
 
 
-def test_sam_is_onnx_only_when_asked_and_sam2_sam3_onnx_stay_as_they_are():
-    cpu = Settings.from_env({}, DEVICE="cpu")
-    assert model_spec("SAM").runtime(cpu) == "torch"
+def test_sam_vit_b_is_onnx_on_a_cpu_vit_l_h_only_when_asked_and_sam2_sam3_onnx_stay_as_they_are(tmp_path):
+    cpu = Settings.from_env({}, DEVICE="cpu", SAM_CHECKPOINT=str(tmp_path / "sam.pth"))
+    assert model_spec("SAM").runtime(cpu) == "torch", "no checkpoint yet: nothing says it is a ViT-B"
+    with open(tmp_path / "sam.pth", "wb") as checkpoint:  # sparse files the size of the official checkpoints
+        checkpoint.truncate(375_042_383)  # sam_vit_b_01ec64.pth
+    assert model_spec("SAM").runtime(cpu) == "onnx" and model_spec("SAM").may_export(cpu)
+    assert model_spec("SAM").runtime(cpu.with_overrides(device="cuda")) == "torch"
+    assert model_spec("SAM").runtime(cpu.with_overrides(sam_model_type="vit_h")) == "torch"
+    with open(tmp_path / "sam.pth", "wb") as checkpoint:
+        checkpoint.truncate(1_249_524_607)  # sam_vit_l_0b3195.pth
+    assert model_spec("SAM").runtime(cpu) == "torch" and not model_spec("SAM").may_export(cpu)
+    assert model_spec("SAM").runtime(cpu.with_overrides(sam_model_type="vit_b")) == "onnx"
     assert model_spec("SAM").runtime(cpu.with_overrides(runtime="onnx")) == "onnx"
     for choice in ("SAM2", "SAM3", "ONNX"):
         for runtime in ("auto", "onnx"):
