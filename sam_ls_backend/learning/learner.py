@@ -78,6 +78,7 @@ class Learner:
         self._queue: queue.Queue[dict] = queue.Queue(QUEUE_SIZE)
         self._reader: threading.Thread | None = None
         self._training: subprocess.Popen | None = None
+        self._reporter: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stamp = -1
         self._checked = 0.0
@@ -116,7 +117,9 @@ class Learner:
                 [sys.executable, "-m", "sam_ls_backend.learning.trainer"], stdout=subprocess.PIPE, text=True,
                 env={**os.environ, **_environment(self.settings)}, cwd=Path(__file__).resolve().parents[2])
             self.counts["trainings_started"] += 1
-            threading.Thread(target=self._report, args=(self._training,), name="learn-report", daemon=True).start()
+            self._reporter = threading.Thread(target=self._report, args=(self._training,), name="learn-report",
+                                              daemon=True)
+            self._reporter.start()
             return "started"
 
     def refresh(self, force: bool = False) -> None:
@@ -152,7 +155,7 @@ class Learner:
         """Wait until every queued annotation is stored and this worker's training ended (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            training = self._training is not None and self._training.poll() is None
+            training = self._reporter is not None and self._reporter.is_alive()  # until its decoder is served
             if self._queue.unfinished_tasks == 0 and not training:
                 return True
             time.sleep(0.05)
