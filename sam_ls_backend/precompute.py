@@ -138,13 +138,16 @@ class LabelStudioApi:
         return response.json()
 
     def tasks(self, project: int) -> Iterator[dict]:
-        """Every task of the project, page by page."""
-        page = 1
+        """Every task of the project, page by page; stops at the answer's `total`, since Label Studio answers a
+        page past the last one with 404 (a project of exactly a multiple of PAGE_SIZE tasks)."""
+        page, seen = 1, 0
         while True:
             answer = self.get("/api/tasks/", params={"project": project, "page": page, "page_size": PAGE_SIZE})
             tasks = answer.get("tasks", []) if isinstance(answer, dict) else answer
             yield from tasks
-            if len(tasks) < PAGE_SIZE:
+            seen += len(tasks)
+            total = answer.get("total") if isinstance(answer, dict) else None
+            if len(tasks) < PAGE_SIZE or (isinstance(total, int) and seen >= total):
                 return
             page += 1
 

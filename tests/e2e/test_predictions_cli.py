@@ -112,3 +112,18 @@ def test_label_studio_accepts_a_concept_phrase_on_a_label(label_studio: LabelStu
     kept = label_studio._call("GET", f"/api/projects/{project_id}/")["label_config"]
     (control,) = parse_label_config(kept).controls["image"]
     assert control.labels == ("bus", "car") and control.concepts == ("yellow school bus", "car")
+
+
+def test_a_project_of_exactly_a_page_multiple_of_tasks_is_read_whole(label_studio: LabelStudio) -> None:
+    """Label Studio answers a page past the last with 404: a project of exactly PAGE_SIZE tasks (1 000 for the
+    benchmark's project) must end at the answer's total instead of asking for that page."""
+    from sam_ls_backend.media.fetch import ImageSource
+    from sam_ls_backend.precompute import PAGE_SIZE, LabelStudioApi
+    from sam_ls_backend.settings import Settings
+
+    project_id = label_studio.create_project("sam-ls-backend one full page", CONFIG)
+    tasks = [{"data": {"image": f"/data/upload/1/page-{index}.png"}} for index in range(PAGE_SIZE)]
+    assert len(label_studio.import_tasks(project_id, tasks)) == PAGE_SIZE
+    settings = Settings.from_env({}, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token)
+    api = LabelStudioApi(ImageSource(settings), label_studio.url)
+    assert len({task["id"] for task in api.tasks(project_id)}) == PAGE_SIZE
