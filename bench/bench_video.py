@@ -21,6 +21,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames tracked per case")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model size (tiny: smoke run)")
     args = parser.parse_args()
+    header(args.frames, args.size)
     with tempfile.TemporaryDirectory() as work:
-        rows = COMPUTE.run(measure, Path(work), args.frames, args.size)
-    report(rows, args.frames, args.size)
+        COMPUTE.run(measure, Path(work), args.frames, args.size, print_row)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 
@@ -57,8 +59,12 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(work: Path, frames: int, size: str) -> list[tuple[str, int, float, float, float]]:
-    """(case, objects, frames per second, peak RSS MB, RSS growth in MB per 1 000 frames) rows."""
+Row = tuple[str, int, float, float, float]
+
+
+def measure(work: Path, frames: int, size: str, on_row: Callable[[Row], None]) -> None:
+    """(case, objects, frames per second, peak RSS MB, RSS growth in MB per 1 000 frames) rows, each handed to
+    `on_row` as soon as it is measured (a run cut short still shows the rows it finished)."""
     from sam_ls_backend.media.video import VideoFile
     from sam_ls_backend.predictors.files import ModelFile
     from sam_ls_backend.predictors.video import load_video_tracker
@@ -67,7 +73,6 @@ def measure(work: Path, frames: int, size: str) -> list[tuple[str, int, float, f
     folder = save_sam2_video_folder(work / "sam2.1-hiera-tiny", size=size, object_score_bias=4.0)
     tracker = load_video_tracker(Settings.from_env({}), ModelFile(folder, "SAM2_MODEL_DIR", "sam2"),
                                  "Sam2VideoModel", "Sam2VideoProcessor", "sam2")
-    rows = []
     warm = work / "warm.webm"
     write_webm(warm, scene_frames(3, 64, 64, squares(1, 64)))
     video = VideoFile(warm, 10)
@@ -87,11 +92,10 @@ def measure(work: Path, frames: int, size: str) -> list[tuple[str, int, float, f
             video.close()
             middle = len(memory) // 2
             growth = (memory[-1] - memory[middle]) * 1000 / max(1, len(memory) - 1 - middle)
-            rows.append((f"backend {width}×{height}", count, frames / seconds, max(memory), growth))
+            on_row((f"backend {width}×{height}", count, frames / seconds, max(memory), growth))
             example_seconds = label_studio_example(tracker, path, prompts, work)
-            rows.append((f"LS example path {width}×{height}", count, frames / example_seconds, float("nan"),
-                         float("nan")))
-    return rows
+            on_row((f"LS example path {width}×{height}", count, frames / example_seconds, float("nan"),
+                    float("nan")))
 
 
 def label_studio_example(tracker, path: Path, prompts: dict, work: Path) -> float:
@@ -124,7 +128,7 @@ def label_studio_example(tracker, path: Path, prompts: dict, work: Path) -> floa
     return time.perf_counter() - started
 
 
-def report(rows: list[tuple[str, int, float, float, float]], frames: int, size: str) -> None:
+def header(frames: int, size: str) -> None:
     import av
     import torch
     import transformers
@@ -132,12 +136,15 @@ def report(rows: list[tuple[str, int, float, float, float]], frames: int, size: 
     print(f"SAM 2.1-tiny ({size} size, random weights), {frames} frames per case; {cpu_model()}, "
           f"{platform.system()} {platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}, PyAV {av.__version__}, Python {sys.version.split()[0]}; "
-          f"load average at the end {os.getloadavg()[0]:.1f} (other work on the machine slows every row alike)")
+          f"load average at the start {os.getloadavg()[0]:.1f} (other work on the machine slows every row alike)")
     print("| path | objects | frames/s | peak RSS | RSS growth per 1 000 frames |")
-    print("|---|---|---|---|---|")
-    for case, objects, fps, peak, growth in rows:
-        memory = "" if np.isnan(peak) else f"{peak:.0f} MB | {growth:+.0f} MB"
-        print(f"| {case} | {objects} | {fps:.2f} | {memory or ' | '} |")
+    print("|---|---|---|---|---|", flush=True)
+
+
+def print_row(row: Row) -> None:
+    case, objects, fps, peak, growth = row
+    memory = "" if np.isnan(peak) else f"{peak:.0f} MB | {growth:+.0f} MB"
+    print(f"| {case} | {objects} | {fps:.2f} | {memory or ' | '} |", flush=True)
 
 
 if __name__ == "__main__":
