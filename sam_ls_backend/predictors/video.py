@@ -27,7 +27,7 @@ from sam_ls_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 PixelBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
-KEEP_FRAMES = 1  # beyond what the model reads back (see `VideoTracker._forget_old_outputs`)
+KEEP_FRAMES = 1  # beyond what the model reads back (see `forget_old_outputs`)
 # Shown every tracked frame: (frame index, object ids, objects×H×W bool masks, object-score logits).
 Observer = Callable[[int, list[int], Any, Any], None]
 
@@ -142,7 +142,7 @@ class VideoTracker:
                     track.boxes[object_id][output.frame_idx] = mask_box(masks[position])
                     track.scores[object_id].append(probabilities[position])
                 track.next_frame = output.frame_idx + 1
-                self._forget_old_outputs(track.session, output.frame_idx)
+                forget_old_outputs(track.session, output.frame_idx, self.look_back)
                 if observe is not None:
                     observe(output.frame_idx, list(output.object_ids), masks, output.object_score_logits)
                 if time.monotonic() >= deadline:
@@ -150,13 +150,6 @@ class VideoTracker:
         finally:
             track.frames.video = None
 
-    def _forget_old_outputs(self, session: Any, frame: int) -> None:
-        """Drop non-prompted outputs the model will not read again (older than its look-back window)."""
-        oldest = frame - self.look_back
-        for outputs in session.output_dict_per_obj.values():
-            tracked = outputs["non_cond_frame_outputs"]
-            for old in [index for index in tracked if index < oldest]:
-                del tracked[old]
 
 
 def mask_box(mask: Any) -> PixelBox | None:
@@ -186,3 +179,13 @@ def load_video_tracker(settings: Settings, folder: ModelFile, model_class: str, 
     """A video tracker (`transformers.<model_class>`) from the local model folder (takes seconds)."""
     model, processor = load_pretrained(settings, folder, model_class, processor_class)
     return VideoTracker(model, processor, model_type)
+
+
+def forget_old_outputs(session: Any, frame: int, look_back: int) -> None:
+    """Drop a tracking session's non-prompted outputs the model will not read again: those older than `look_back`
+    frames before `frame`, the frame processed last."""
+    oldest = frame - look_back
+    for outputs in session.output_dict_per_obj.values():
+        tracked = outputs["non_cond_frame_outputs"]
+        for old in [index for index in tracked if index < oldest]:
+            del tracked[old]

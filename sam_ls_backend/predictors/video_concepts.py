@@ -31,7 +31,15 @@ from sam_ls_backend.compute_thread import on_compute_thread
 from sam_ls_backend.media.video import VideoFile
 from sam_ls_backend.predictors.files import ModelFile
 from sam_ls_backend.predictors.transformers_folder import load_pretrained
-from sam_ls_backend.predictors.video import KEEP_FRAMES, FrameSource, Observer, PixelBox, mask_box, tensor_bytes
+from sam_ls_backend.predictors.video import (
+    KEEP_FRAMES,
+    FrameSource,
+    Observer,
+    PixelBox,
+    forget_old_outputs,
+    mask_box,
+    tensor_bytes,
+)
 from sam_ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,17 +145,10 @@ class ConceptVideoTracker:
                 boxes[frame] = None
         track.answered_frames = frame + 1
         track.done = track.answered_frames >= len(track.frames)  # frames come out in order, the last one last
-        self._forget_old_outputs(track.session, frame)
+        forget_old_outputs(track.session, frame, self.look_back)
         if observe is not None:
             observe(frame, object_ids, masks, found["scores"])
 
-    def _forget_old_outputs(self, session: Any, frame: int) -> None:
-        """Drop non-prompted tracker outputs older than the look-back window of the frame last processed."""
-        oldest = frame - self.look_back
-        for outputs in session.output_dict_per_obj.values():
-            tracked = outputs["non_cond_frame_outputs"]
-            for old in [index for index in tracked if index < oldest]:
-                del tracked[old]
 
 
 def load_concept_video_tracker(settings: Settings, folder: ModelFile, detector: Any = None) -> ConceptVideoTracker:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.support.video_bodies import FRAMERATE, keyframe, video_body, video_region, with_sequences
-from tests.support.video_oracle import interpolated_box, mask_box, oracle_masks
+from tests.support.video_oracle import box_iou, interpolated_box, mask_box, oracle_masks
 from tests.support.videos import Square, decode_all, scene_frames, write_webm
 
 pytest.importorskip("transformers")
@@ -29,13 +29,6 @@ TOLERANCE = 2.0
 CAR = Square((10, 20), (5, 1), 24)
 TRUCK = Square((120, 50), (-4, 0), 20)
 CORRECTED_ON = 8  # 1-based frame of the correction keyframe
-
-
-def box_iou(a: tuple, b: tuple) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.fixture(scope="module")

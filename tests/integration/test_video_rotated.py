@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support.video_bodies import FRAMERATE, keyframe, video_body, video_region
-from tests.support.video_oracle import interpolated_box, mask_box, oracle_masks
+from tests.support.video_oracle import box_iou, interpolated_box, mask_box, oracle_masks
 from tests.support.videos import COLOURS, Square, scene_frames, write_webm
 
 cv2 = pytest.importorskip("cv2")
@@ -28,13 +28,6 @@ TOLERANCE = 2.0
 def colour_box(frame: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the pixels of `colour` (within 40 per channel) on an H×W×3 RGB frame."""
     return mask_box((np.abs(frame.astype(int) - colour) < 40).all(axis=2))
-
-
-def box_iou(a: tuple, b: tuple) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.fixture(scope="module")

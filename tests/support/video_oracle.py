@@ -79,3 +79,11 @@ def oracle_concepts(folder: Path, frames: np.ndarray, phrases: list[str]) -> dic
         for output in model.propagate_in_video_iterator(inference_session=session):
             answers[output.frame_idx] = processor.postprocess_outputs(session, output)
     return answers
+
+
+def box_iou(a: tuple, b: tuple) -> float:
+    """IoU of two (x0, y0, x1, y1) pixel boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
