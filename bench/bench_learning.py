@@ -27,6 +27,7 @@ import torch
 
 from bench.machine import cpu_model
 from sam_ls_backend.compute_thread import COMPUTE
+from sam_ls_backend.learning.train import TrainOptions
 from tests.support.backend_process import BackendProcess
 from tests.support.checkpoints import save_random_checkpoint
 from tests.support.image_host import ImageHost
@@ -119,7 +120,11 @@ def report(args: argparse.Namespace, sent: int, figures: dict, idle: list[float]
     print(f"| masks posted (scenes) | {sent} ({args.scenes}) |")
     print(f"| trained on / held out | {figures['trained_on']} / {figures['held_out']} |")
     print(f"| training time, s | {figures['seconds']:.0f} |")
-    print(f"| training time per 100 masks, s | {100 * figures['seconds'] / max(figures['trained_on'], 1):.0f} |")
+    steps = args.steps or TrainOptions().steps
+    print(f"| training time per step ({TrainOptions().batch_size} masks, two rounds each), s | "
+          f"{figures['seconds'] / steps:.1f} |")
+    print(f"| training time per 100 masks (each seen {steps * TrainOptions().batch_size / max(figures['trained_on'], 1):.0f}×), s "
+          f"| {100 * figures['seconds'] / max(figures['trained_on'], 1):.0f} |")
     print(f"| held-out click IoU before → after | {figures['held_out_before']:.3f} → {figures['held_out_after']:.3f} |")
     print(f"| adopted | {figures['adopted']} |")
     print()
