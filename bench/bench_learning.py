@@ -123,8 +123,9 @@ def report(args: argparse.Namespace, sent: int, figures: dict, idle: list[float]
     steps = args.steps or TrainOptions().steps
     print(f"| training time per step ({TrainOptions().batch_size} masks, two rounds each), s | "
           f"{figures['seconds'] / steps:.1f} |")
-    print(f"| training time per 100 masks (each seen {steps * TrainOptions().batch_size / max(figures['trained_on'], 1):.0f}×), s "
-          f"| {100 * figures['seconds'] / max(figures['trained_on'], 1):.0f} |")
+    trained_on = max(figures["trained_on"], 1)
+    seen = steps * TrainOptions().batch_size / trained_on
+    print(f"| training time per 100 masks (each seen {seen:.0f}×), s | {100 * figures['seconds'] / trained_on:.0f} |")
     print(f"| held-out click IoU before → after | {figures['held_out_before']:.3f} → {figures['held_out_after']:.3f} |")
     print(f"| adopted | {figures['adopted']} |")
     print()
