@@ -181,15 +181,20 @@ class SqliteStore:
         return taken
 
     def masks(self) -> Iterator[StoredMask]:
+        """The masks in order of arrival; an image's features are read once and shared by its masks (a join
+        would copy 2 MB of features into every mask's row)."""
         with self._lock:
+            images = {image: (np.frombuffer(features, dtype=np.float16).reshape(FEATURES_SHAPE), (input_h, input_w),
+                              (original_h, original_w))
+                      for image, features, input_h, input_w, original_h, original_w in
+                      self._db.execute("SELECT image, features, input_h, input_w, original_h, original_w FROM images")}
             rows = self._db.execute(
-                "SELECT m.key, m.held_out, m.height, m.width, m.bits, i.features, i.input_h, i.input_w, "
-                "i.original_h, i.original_w FROM masks m JOIN images i ON i.image = m.image ORDER BY m.seq").fetchall()
-        for key, held_out, height, width, bits, features, input_h, input_w, original_h, original_w in rows:
-            if (original_h, original_w) != (height, width):
+                "SELECT key, image, held_out, height, width, bits FROM masks ORDER BY seq").fetchall()
+        for key, image, held_out, height, width, bits in rows:
+            if image not in images or images[image][2] != (height, width):
                 continue  # the image changed size since: its mask no longer fits
-            yield StoredMask(key, np.frombuffer(features, dtype=np.float16).reshape(FEATURES_SHAPE),
-                             (input_h, input_w), (original_h, original_w), unpack_mask(bits, height, width),
+            features, input_size, original_size = images[image]
+            yield StoredMask(key, features, input_size, original_size, unpack_mask(bits, height, width),
                              bool(held_out))
 
     def close(self) -> None:
