@@ -5,11 +5,14 @@ as a JPEG file, a new inference session over the whole video, five points per ke
 
 The backend's path is the server's own: `VideoFile` (PyAV, frames decoded as the tracker asks) and
 `VideoTracker.begin` / `advance`. Resident memory is read from the kernel on every tracked frame: the table
-shows its peak and its growth from the middle of the track to its end, scaled to 1 000 frames (flat when
-nothing accumulates per frame). A first short run warms torch and the decoders up (about 10 s once per
-process here) and is not counted.
+shows its peak. A first short run warms torch and the decoders up (about 10 s once per process here) and is
+not counted.
 
-    python -m bench.bench_video [--frames N] [--size real|tiny]
+A separate long run (`--memory-frames N`, one object at 640×360, backend path only) prints the resident memory
+along the track: the tracker's memory bank fills during its first frames, so growth is read after that, over
+the second half of the track.
+
+    python -m bench.bench_video [--frames N] [--size real|tiny] [--memory-frames N]
 """
 
 from __future__ import annotations
@@ -40,10 +43,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="frames tracked per case")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model size (tiny: smoke run)")
+    parser.add_argument("--memory-frames", type=int, default=0,
+                        help="only the long memory run: frames tracked (one object, 640×360); 0: the speed table")
     args = parser.parse_args()
-    header(args.frames, args.size)
     with tempfile.TemporaryDirectory() as work:
-        COMPUTE.run(measure, Path(work), args.frames, args.size, print_row)
+        if args.memory_frames:
+            header(args.memory_frames, args.size, table=False)
+            COMPUTE.run(memory_along_track, Path(work), args.memory_frames, args.size)
+        else:
+            header(args.frames, args.size)
+            COMPUTE.run(measure, Path(work), args.frames, args.size, print_row)
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
@@ -59,12 +68,11 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-Row = tuple[str, int, float, float, float]
+Row = tuple[str, int, float, float]
 
 
-def measure(work: Path, frames: int, size: str, on_row: Callable[[Row], None]) -> None:
-    """(case, objects, frames per second, peak RSS MB, RSS growth in MB per 1 000 frames) rows, each handed to
-    `on_row` as soon as it is measured (a run cut short still shows the rows it finished)."""
+def warmed_tracker(work: Path, size: str):
+    """The server's SAM 2.1-tiny tracker from a random-weight hub folder, warmed up on a short video."""
     from sam_ls_backend.media.video import VideoFile
     from sam_ls_backend.predictors.files import ModelFile
     from sam_ls_backend.predictors.video import load_video_tracker
@@ -78,6 +86,40 @@ def measure(work: Path, frames: int, size: str, on_row: Callable[[Row], None]) -
     video = VideoFile(warm, 10)
     tracker.advance(tracker.begin(video, {0: [(1, squares(1, 64)[0].box(0))]}, len(video)), video, float("inf"))
     video.close()
+    return tracker
+
+
+def memory_along_track(work: Path, frames: int, size: str) -> None:
+    """Prints the resident memory at eight points along the track of one object tracked over `frames` frames of a 640×360
+    video on the backend's path, and its growth over the track's second half, per 1 000 frames."""
+    from sam_ls_backend.media.video import VideoFile
+
+    tracker = warmed_tracker(work, size)
+    width, height = SIZES[0]
+    path = work / "memory.webm"
+    write_webm(path, scene_frames(frames, width, height, squares(1, width)))
+    video = VideoFile(path, 100_000)
+    memory: list[float] = []
+    started = time.perf_counter()
+    track = tracker.begin(video, {0: [(1, squares(1, width)[0].box(0))]}, len(video))
+    tracker.advance(track, video, deadline=float("inf"), observe=lambda *_: memory.append(rss_mb()))
+    seconds = time.perf_counter() - started
+    video.close()
+    every = max(1, len(memory) // 8)
+    samples = ", ".join(f"{index + 1}: {mb:.0f}" for index, mb in enumerate(memory) if (index + 1) % every == 0)
+    middle = len(memory) // 2
+    growth = (memory[-1] - memory[middle]) * 1000 / max(1, len(memory) - 1 - middle)
+    print(f"one object, {width}×{height}, {len(memory)} frames tracked in {seconds:.0f} s "
+          f"({len(memory) / seconds:.2f} frames/s); resident MB after frame {samples}; peak {max(memory):.0f} MB; "
+          f"growth over frames {middle + 1}–{len(memory)}: {growth:+.0f} MB per 1 000 frames", flush=True)
+
+
+def measure(work: Path, frames: int, size: str, on_row: Callable[[Row], None]) -> None:
+    """(case, objects, frames per second, peak RSS MB) rows, each handed to `on_row` as soon as it is measured
+    (a run cut short still shows the rows it finished)."""
+    from sam_ls_backend.media.video import VideoFile
+
+    tracker = warmed_tracker(work, size)
     for width, height in SIZES:
         path = work / f"video-{width}.webm"
         write_webm(path, scene_frames(frames, width, height, squares(max(OBJECTS), width)))
@@ -90,12 +132,9 @@ def measure(work: Path, frames: int, size: str, on_row: Callable[[Row], None]) -
             tracker.advance(track, video, deadline=float("inf"), observe=lambda *_, into=memory: into.append(rss_mb()))
             seconds = time.perf_counter() - started
             video.close()
-            middle = len(memory) // 2
-            growth = (memory[-1] - memory[middle]) * 1000 / max(1, len(memory) - 1 - middle)
-            on_row((f"backend {width}×{height}", count, frames / seconds, max(memory), growth))
+            on_row((f"backend {width}×{height}", count, frames / seconds, max(memory)))
             example_seconds = label_studio_example(tracker, path, prompts, work)
-            on_row((f"LS example path {width}×{height}", count, frames / example_seconds, float("nan"),
-                    float("nan")))
+            on_row((f"LS example path {width}×{height}", count, frames / example_seconds, float("nan")))
 
 
 def label_studio_example(tracker, path: Path, prompts: dict, work: Path) -> float:
@@ -128,7 +167,7 @@ def label_studio_example(tracker, path: Path, prompts: dict, work: Path) -> floa
     return time.perf_counter() - started
 
 
-def header(frames: int, size: str) -> None:
+def header(frames: int, size: str, table: bool = True) -> None:
     import av
     import torch
     import transformers
@@ -137,14 +176,16 @@ def header(frames: int, size: str) -> None:
           f"{platform.system()} {platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}, PyAV {av.__version__}, Python {sys.version.split()[0]}; "
           f"load average at the start {os.getloadavg()[0]:.1f} (other work on the machine slows every row alike)")
-    print("| path | objects | frames/s | peak RSS | RSS growth per 1 000 frames |")
-    print("|---|---|---|---|---|", flush=True)
+    if not table:
+        return
+    print("| path | objects | frames/s | peak RSS |")
+    print("|---|---|---|---|", flush=True)
 
 
 def print_row(row: Row) -> None:
-    case, objects, fps, peak, growth = row
-    memory = "" if np.isnan(peak) else f"{peak:.0f} MB | {growth:+.0f} MB"
-    print(f"| {case} | {objects} | {fps:.2f} | {memory or ' | '} |", flush=True)
+    case, objects, fps, peak = row
+    memory = "" if np.isnan(peak) else f"{peak:.0f} MB"
+    print(f"| {case} | {objects} | {fps:.2f} | {memory} |", flush=True)
 
 
 if __name__ == "__main__":
