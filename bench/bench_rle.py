@@ -46,7 +46,7 @@ def main() -> None:
     print(f"{'mask':<20} {'bytes':>9} {'json.dumps ms':>14} {'rle_json ms':>12} {'ratio':>7}")
     for width, height in SIZES:
         rle = encode_rle_bytes(blobs(height, width))
-        if rle_json(rle) != json.dumps(list(rle), separators=(",", ":")):
+        if rle_json(rle) != json.dumps(list(rle), separators=(",", ":")).encode():
             raise SystemExit(f"rle_json differs from json.dumps on blobs {width}×{height}")
         dumps_ms = median_ms(partial(json.dumps, list(rle), separators=(",", ":")), OUR_REPEATS)
         ours_ms = median_ms(partial(rle_json, rle), OUR_REPEATS)

@@ -4,7 +4,10 @@ Starts two backends (`python _wsgi.py`, gunicorn) on one random-weight MobileSAM
 the default (RUNTIME=auto: on a CPU, ONNX Runtime from graphs the server exports on its first start), serves
 task images from a loopback server that plays Label Studio, sends Label Studio-shaped /predict requests to
 both in turn, and prints medians and ratios measured in this one run, side by side. Random weights cost the
-same compute as trained ones.
+same compute as trained ones, but a random MobileSAM's mask is speckled (an 808 KB RLE at 4000x3000), the
+worst case for the answer's encoding; a second pair of servers serves the same model with its masks made
+smooth regions (`tests/support/checkpoints.py`: `save_smooth_mask_checkpoint`), whose answers are sized as an
+object's mask is, for the warm 4000x3000 click of a typical answer.
 
     python -m bench.bench_server [--repeats N]      (or `make bench`)
 """
@@ -32,7 +35,7 @@ import requests
 from bench.machine import cpu_model
 from sam_ls_backend.compute_thread import COMPUTE, on_compute_thread
 from tests.support.backend_process import BackendProcess
-from tests.support.checkpoints import save_random_checkpoint
+from tests.support.checkpoints import save_random_checkpoint, save_smooth_mask_checkpoint
 from tests.support.image_host import ImageHost
 from tests.support.ls_bodies import keypoint, predict_body
 from tests.support.scenes import scene
@@ -51,6 +54,7 @@ CHECKPOINT_NAME: list[str] = []  # --checkpoint's file name, for the report
 
 # The two servers of the table, side by side: torch, and the default (RUNTIME=auto: ONNX Runtime on a CPU).
 RUNTIMES = {"torch": "torch", "default": "auto"}
+SMOOTH = "smooth"  # suffix of the servers, rows and files of the smooth-mask model
 
 
 def main() -> int:
@@ -64,34 +68,40 @@ def main() -> int:
         # glibc reads these at start-up: run again with them, so in-process cases get what the server gets.
         command = [sys.executable, "-m", "bench.bench_server", *sys.argv[1:]]
         os.execve(sys.executable, command, {**os.environ, **MALLOC_ENV})
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as work:
         # All torch work of this process runs on the compute thread, as in the server (see compute_thread.py).
         checkpoint = Path(work) / "mobile_sam.pt"
+        smooth = Path(work) / "smooth" / "mobile_sam.pt"
+        smooth.parent.mkdir()
         if args.checkpoint:
             CHECKPOINT_NAME.append(args.checkpoint.name)
             shutil.copy(args.checkpoint, checkpoint)  # its exported graphs go to the work folder, not beside it
         else:
             COMPUTE.run(save_random_checkpoint, "vit_t", checkpoint)
+        COMPUTE.run(save_smooth_mask_checkpoint, smooth)
         host = ImageHost()
         backends: dict[str, BackendProcess] = {}
         startup: dict[str, float] = {}
         try:
-            for name, runtime in RUNTIMES.items():
-                started = time.perf_counter()
-                backends[name] = BackendProcess(
-                    {"MOBILESAM_CHECKPOINT": str(checkpoint), "LABEL_STUDIO_URL": host.url, "RUNTIME": runtime,
-                     "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "INFO", **MALLOC_ENV},
-                    log_path=Path(work) / f"backend-{name}.log").wait_ready(timeout=900)
-                startup[name] = time.perf_counter() - started
+            for suffix, served in (("", checkpoint), (f" {SMOOTH}", smooth)):
+                for name, runtime in RUNTIMES.items():
+                    started = time.perf_counter()
+                    backends[name + suffix] = BackendProcess(
+                        {"MOBILESAM_CHECKPOINT": str(served), "LABEL_STUDIO_URL": host.url, "RUNTIME": runtime,
+                         "LABEL_STUDIO_API_KEY": host.token, "THREADS": "8", "LOG_LEVEL": "INFO", **MALLOC_ENV},
+                        log_path=Path(work) / f"backend-{name}{suffix.replace(' ', '-')}.log").wait_ready(timeout=900)
+                    if not suffix:
+                        startup[name] = time.perf_counter() - started
             startup["default, graphs exported"] = timed(lambda: restart(backends, "default"))
-            rows, answer = measure({name: backend.url for name, backend in backends.items()}, host, checkpoint,
-                                   args.repeats)
-            served = {name: served_by(Path(work) / f"backend-{name}.log") for name in backends}
+            rows, answers = measure({name: backend.url for name, backend in backends.items()}, host,
+                                    {"": checkpoint, SMOOTH: smooth}, args.repeats)
+            served_with = {name: served_by(Path(work) / f"backend-{name}.log") for name in RUNTIMES}
         finally:
             for backend in backends.values():
                 backend.stop()
             host.close()
-    report(rows, answer, startup, served)
+    report(rows, answers, startup, served_with, load_at_start)
     return 0
 
 
@@ -112,38 +122,45 @@ def served_by(log: Path) -> str:
     return "; ".join(dict.fromkeys(said))
 
 
-def measure(urls: dict[str, str], host: ImageHost, checkpoint: Path,
-            repeats: int) -> tuple[dict[str, dict[str, list[float]]], str]:
+def measure(urls: dict[str, str], host: ImageHost, checkpoints: dict[str, Path],
+            repeats: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """Every case of the table in seconds per click, per server; the servers take turns case by case, so a
-    busy machine slows both alike. Also what the default's warm 4000x3000 click answers."""
+    busy machine slows both alike. Also what the default's warm 4000x3000 click answers, per mask kind."""
     images = {"1024x768": scene(1024, 768, seed=1), "4000x3000": scene(4000, 3000, seed=2)}
     paths = {name: host.add_image(f"/data/upload/1/warm-{name}.png", image) for name, image in images.items()}
     for url in urls.values():
         for path in paths.values():
             click(url, path, 0)  # the first click pays download, decode and encoder
-    parts = COMPUTE.run(in_process, checkpoint, images["4000x3000"])
+    parts = {kind: COMPUTE.run(in_process, checkpoint, images["4000x3000"]) for kind, checkpoint in checkpoints.items()}
     rows: dict[str, dict[str, list[float]]] = {}
 
     def add(case: str, name: str, seconds: float) -> None:
         rows.setdefault(case, {}).setdefault(name, []).append(seconds)
 
     for i in range(repeats):
-        for name, url in urls.items():
-            add("warm click 1024x768", name, click(url, paths["1024x768"], i))
-            add("warm click 4000x3000", name, click(url, paths["4000x3000"], i))
-        for name, call in parts.bare.items():
-            add(BARE, name, timed(call))
-        add(RLE, "default", timed(parts.rle))
-        add(JSON, "default", timed(parts.json))
-        add(TUTORIAL_WARM, "torch", timed(lambda: parts.tutorial(images["4000x3000"])))
+        for name in RUNTIMES:
+            add("warm click 1024x768", name, click(urls[name], paths["1024x768"], i))
+            for kind in checkpoints:
+                server = f"{name} {kind}".strip()
+                app_seconds: list[float] = []
+                add(warm_case(kind), name, click(urls[server], paths["4000x3000"], i, app_seconds))
+                add(app_case(kind), name, app_seconds[0])
+        for kind, part in parts.items():
+            for name, call in part.bare.items():
+                add(bare_case(kind), name, timed(call))
+            add(rle_case(kind), "default", timed(part.rle))
+            add(json_case(kind), "default", timed(part.json))
+        add(TUTORIAL_WARM, "torch", timed(lambda: parts[""].tutorial(images["4000x3000"])))
     for i in range(max(3, repeats // 3)):
-        for name, url in urls.items():
+        for name in RUNTIMES:
+            url = urls[name]
             for wait in (0.0, OPENED_WAIT_S):
                 image = scene(4000, 3000, seed=100 * i + 10 * int(wait) + len(name))
                 add(first_case(wait), name, first_click_after_open(url, host, image, f"{name}-{i}-{wait:g}", wait))
             time.sleep(OPENED_WAIT_S)
             add(WARM_PAUSED, name, click(url, paths["4000x3000"], i))
-    for name, url in urls.items():
+    for name in RUNTIMES:
+        url = urls[name]
         four = [scene(1024, 768, seed=20 + i) for i in range(4)]
         four_paths = [host.add_image(f"/data/upload/1/annotator-{name}-{i}.png", image) for i, image in enumerate(four)]
         for path in four_paths:
@@ -154,21 +171,47 @@ def measure(urls: dict[str, str], host: ImageHost, checkpoint: Path,
 
     def tutorial_locked(image: np.ndarray) -> None:
         with lock:  # one shared SamPredictor: without the lock, annotators get each other's masks
-            parts.tutorial(image)
+            parts[""].tutorial(image)
 
     four = [scene(1024, 768, seed=20 + i) for i in range(4)]
     rows[TUTORIAL_INTERLEAVED] = {"torch": interleaved(
         [lambda i, image=image: tutorial_locked(image) for image in four], repeats)}
-    return rows, describe_answer(urls["default"], paths["4000x3000"])
+    answers = {kind: describe_answer(urls[f"default {kind}".strip()], paths["4000x3000"]) for kind in checkpoints}
+    return rows, answers
+
+
+def mask_kind(kind: str) -> str:
+    """How the rows of a model's masks are told apart: the random weights' speckled masks (or --checkpoint's),
+    and the smooth ones."""
+    if kind:
+        return f", {kind} mask"
+    return f", {CHECKPOINT_NAME[0]}'s mask" if CHECKPOINT_NAME else ", speckled mask"
+
+
+def warm_case(kind: str) -> str:
+    return "warm click 4000x3000" + mask_kind(kind)
+
+
+def app_case(kind: str) -> str:
+    return "  of which: the server's own time (Server-Timing)" + mask_kind(kind)
+
+
+def bare_case(kind: str) -> str:
+    return "bare decoder + upscale 4000x3000 (in process)" + mask_kind(kind)
+
+
+def rle_case(kind: str) -> str:
+    return "  of which: brush RLE of the answer's mask" + mask_kind(kind)
+
+
+def json_case(kind: str) -> str:
+    return "  of which: the RLE's JSON text" + mask_kind(kind)
 
 
 def first_case(wait: float) -> str:
     return f"first click 4000x3000, task opened {wait:g} s before"
 
 
-BARE = "bare decoder + upscale 4000x3000 (in process)"
-RLE = "  of which: brush RLE of the answer's mask"
-JSON = "  of which: the RLE's JSON text"
 WARM_PAUSED = f"warm click 4000x3000 after {OPENED_WAIT_S:g} s idle"
 TUTORIAL_WARM = "baseline: tutorial warm click 4000x3000"
 THINK = f"think {THINK_S[0]:g}-{THINK_S[1]:g} s"
@@ -176,13 +219,16 @@ INTERLEAVED = f"4 annotators interleaving 1024x768, {THINK}"
 TUTORIAL_INTERLEAVED = f"baseline: tutorial, 4 annotators interleaving 1024x768, {THINK}"
 
 
-def click(url: str, path: str, index: int) -> float:
-    """One smart keypoint click; the point moves a little each time, as an annotator's would."""
+def click(url: str, path: str, index: int, app_seconds: list[float] | None = None) -> float:
+    """One smart keypoint click; the point moves a little each time, as an annotator's would. Seconds until the
+    whole answer is read; `app_seconds` gets the server's own time (its Server-Timing header)."""
     body = predict_body(path, [keypoint(40 + index % 20, 50 + index % 10)])
     started = time.perf_counter()
     response = requests.post(f"{url}/predict", json=body, timeout=300)
     elapsed = time.perf_counter() - started
     response.raise_for_status()
+    if app_seconds is not None:
+        app_seconds.append(float(response.headers["Server-Timing"].removeprefix("app;dur=")) / 1000)
     assert response.json()["results"][0]["result"], "a click must yield a region"
     return elapsed
 
@@ -286,8 +332,8 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def report(rows: dict[str, dict[str, list[float]]], answer: str, startup: dict[str, float],
-           served: dict[str, str]) -> None:
+def report(rows: dict[str, dict[str, list[float]]], answers: dict[str, str], startup: dict[str, float],
+           served: dict[str, str], load_at_start: float) -> None:
     """The table: machine, versions, medians per server side by side, then the targets as ratios of this run."""
     import label_studio_sdk
     import onnxruntime
@@ -295,35 +341,46 @@ def report(rows: dict[str, dict[str, list[float]]], answer: str, startup: dict[s
 
     median = {case: {name: statistics.median(times) * 1000 for name, times in by.items()} for case, by in rows.items()}
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
-          f"load average (1 min) at the end {os.getloadavg()[0]:.1f}")
+          f"load average (1 min) at the start {load_at_start:.1f}, at the end {os.getloadavg()[0]:.1f}")
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}, numpy {np.__version__}, label-studio-sdk "
           f"{getattr(label_studio_sdk, '__version__', '?')}")
     weights = f"weights of {CHECKPOINT_NAME[0]}" if CHECKPOINT_NAME else "random weights"
-    print(f"model: MobileSAM (vit_t), {weights}; torch threads {torch.get_num_threads()}")
+    print(f"model: MobileSAM (vit_t), {weights}; the {SMOOTH} mask rows: random weights made to answer smooth "
+          f"regions; torch threads {torch.get_num_threads()}")
     for name, said in served.items():
         print(f"server '{name}' (RUNTIME={RUNTIMES[name]}): {said}")
     print("start-up to /health: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in startup.items()) + "\n")
+    kinds = ("", SMOOTH)
+    order = ["warm click 1024x768"] + [case for kind in kinds for case in
+                                       (warm_case(kind), app_case(kind), bare_case(kind), rle_case(kind),
+                                        json_case(kind))]
+    cases = order + [case for case in rows if case not in order]
     width = max(map(len, rows))
     print(f"| {'case':<{width}} | {'torch ms':>9} | {'default ms':>10} | {'n':>3} |")
     print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 12}|{'-' * 5}|")
-    for case, by in median.items():
+    for case in cases:
+        by = median[case]
         cells = [f"{by[name]:.0f}" if name in by else "-" for name in RUNTIMES]
         count = max(len(times) for times in rows[case].values())
         print(f"| {case:<{width}} | {cells[0]:>9} | {cells[1]:>10} | {count:>3} |")
-    print(f"\nwarm click 4000x3000 of the default answers {answer}.")
+    for kind in kinds:
+        print(f"\nwarm click 4000x3000 of the default{mask_kind(kind)}, answers {answers[kind]}.")
     print(f"interleaving: each of 4 threads clicks its own image, pausing {THINK_S[0]:g}-{THINK_S[1]:g} s (uniform, "
           "seeded per thread, the same for every backend) before every click; latency excludes the pause.")
     print("The servers take turns case by case; the 4 annotators run on one server after the other.")
-    warm = median["warm click 4000x3000"]
-    bare = median[BARE]
-    overhead = warm["default"] - bare["default"]
-    rle, json_text = median[RLE]["default"], median[JSON]["default"]
-    print(f"default warm 4000x3000 click beyond its bare decoder: {overhead:.0f} ms = RLE {rle:.0f} + JSON "
-          f"{json_text:.0f} + HTTP and the request's own work {overhead - rle - json_text:.0f}")
+    for kind in kinds:
+        warm, app, bare = (median[case]["default"] for case in (warm_case(kind), app_case(kind), bare_case(kind)))
+        rle, json_text = median[rle_case(kind)]["default"], median[json_case(kind)]["default"]
+        print(f"default warm 4000x3000 click{mask_kind(kind)}, beyond its bare decoder: {warm - bare:.0f} ms = "
+              f"RLE {rle:.0f} + JSON {json_text:.0f} + the server's other work {app - bare - rle - json_text:.0f} + "
+              f"HTTP (click minus Server-Timing) {warm - app:.0f}")
     first = {wait: median[first_case(wait)] for wait in (0.0, OPENED_WAIT_S)}
-    checks = [
-        ("warm click 4000x3000 / bare decoder + upscale", [warm[n] / bare[n] for n in RUNTIMES], "<= 1.2"),
+    warm = median[warm_case("")]
+    checks = [(f"warm click 4000x3000 / bare decoder + upscale{mask_kind(kind)}",
+               [median[warm_case(kind)][n] / median[bare_case(kind)][n] for n in RUNTIMES], "<= 1.2")
+              for kind in kinds]
+    checks += [
         ("tutorial warm click / ours, 4000x3000", [median[TUTORIAL_WARM]["torch"] / warm[n] for n in RUNTIMES],
          ">= 2"),
         ("first click (opened 0 s before) / warm click", [first[0.0][n] / warm[n] for n in RUNTIMES], "-"),

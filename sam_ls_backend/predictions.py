@@ -110,7 +110,7 @@ def in_process_predict(backend: Any) -> Predict:
 def plain(value: Any) -> Any:
     """`value` with every `JsonText` replaced by the value its text encodes."""
     if isinstance(value, JsonText):
-        return json.loads(value.text)
+        return json.loads(value.data)
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list):

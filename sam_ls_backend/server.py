@@ -171,23 +171,40 @@ def _prompt_kind(stats: PredictStats | None) -> str:
 
 
 class _JsonProvider(DefaultJSONProvider):
-    """Flask's JSON, writing each `JsonText` value (a brush RLE, see outputs/brush.py) as its ready-made text."""
+    """Flask's JSON, writing each `JsonText` value (a brush RLE, see outputs/brush.py) as its ready-made text.
+
+    Responses are built as bytes: the RLEs' texts (megabytes for a speckled 12-megapixel mask) are joined
+    into the body once, never decoded to a str and encoded back.
+    """
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        texts: list[str] = []
+        return self.dump_bytes(obj, **kwargs).decode()
+
+    def dump_bytes(self, obj: Any, end: bytes = b"", **kwargs: Any) -> bytes:
+        """`obj` as UTF-8 JSON text followed by `end`, each `JsonText` spliced in as it is."""
+        texts: list[bytes] = []
         marker = secrets.token_hex(16)  # a string no request can contain by chance or by design
 
         def default(value: Any) -> Any:
             if isinstance(value, JsonText):
-                texts.append(value.text)  # the encoder meets values in document order
+                texts.append(value.data)  # the encoder meets values in document order
                 return marker
             return self.default(value)
 
         pieces = super().dumps(obj, default=default, **kwargs).split(f'"{marker}"')
-        spliced = [pieces[0]]
+        spliced = [pieces[0].encode()]
         for text, piece in zip(texts, pieces[1:]):
-            spliced += (text, piece)
-        return "".join(spliced)
+            spliced += (text, piece.encode())
+        spliced.append(end)
+        return b"".join(spliced)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """Flask's `jsonify` answer (compact JSON and a newline), its body written once as bytes."""
+        obj = self._prepare_response_obj(args, kwargs)
+        layout: dict[str, Any] = {"separators": (",", ":")}
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            layout = {"indent": 2}
+        return Response(self.dump_bytes(obj, end=b"\n", **layout), mimetype=self.mimetype)
 
 
 class _Metrics:

@@ -18,9 +18,9 @@ from sam_ls_backend.protocol.polygons import PolygonOptions
 
 @dataclass(frozen=True)
 class JsonText:
-    """A value already encoded as JSON; the server's JSON encoder writes `text` in its place."""
+    """A value already encoded as JSON (UTF-8 bytes); the server's JSON encoder writes `data` in its place."""
 
-    text: str
+    data: bytes
 
 
 class Output(Protocol):

@@ -1,7 +1,7 @@
 """`BrushLabels`: one `brushlabels` region per object, its mask as Label Studio's brush RLE.
 
-The RLE, up to a million ints for a 12-megapixel mask, is held as its JSON text (`JsonText`), which the
-server writes into the response as is (NumPy writes it much faster than json.dumps would).
+The RLE, up to a million ints for a 12-megapixel mask, is held as its JSON text (`JsonText`, bytes), which
+the server writes into the response as is (NumPy writes it much faster than json.dumps would).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_brush_regions_come_back_as_the_masks_the_sdk_decodes():
 
     sent = [region for mask in shapes() for region in regions(mask) if region["type"] == "brushlabels"]
     for region in sent:
-        region["value"]["rle"] = json.loads(region["value"]["rle"].text)
+        region["value"]["rle"] = json.loads(region["value"]["rle"].data)
     found = annotation_masks(webhook(sent))
     assert [m.key for m in found.masks] == [f"7/{r['id']}" for r in sent]
     for mask, region in zip(found.masks, sent):
@@ -102,7 +102,7 @@ def test_polygon_regions_come_back_as_cocos_rasteriser_fills_them():
 
 def test_unreadable_regions_are_skipped_one_by_one_with_their_reason():
     good = regions(shapes()[2])[0]
-    good["value"]["rle"] = json.loads(good["value"]["rle"].text)
+    good["value"]["rle"] = json.loads(good["value"]["rle"].data)
     wrong_size = copy.deepcopy(good) | {"id": "b", "original_width": 161}
     empty = copy.deepcopy(good) | {"id": "c"}
     empty["value"]["rle"] = encode_rle(np.zeros((120, 160), bool))

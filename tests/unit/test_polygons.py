@@ -168,7 +168,7 @@ def test_results_follow_the_controls_one_polygon_region_per_part(controls, kinds
         assert region["to_name"] == "image" and region["score"] == 0.87
     for region in (r for r in regions if r["type"] == "brushlabels"):
         assert region["from_name"] == "tag" and region["value"]["brushlabels"] == ["Cat"]
-        assert json.loads(region["value"]["rle"].text) == encode_rle(mask)  # JSON text the server writes as is
+        assert json.loads(region["value"]["rle"].data) == encode_rle(mask)  # JSON text the server writes as is
     polygons = [r for r in regions if r["type"] == "polygonlabels"]
     for region in polygons:
         assert region["from_name"] == "poly" and region["value"]["closed"] is True
