@@ -90,8 +90,8 @@ def warmed_tracker(work: Path, size: str):
 
 
 def memory_along_track(work: Path, frames: int, size: str) -> None:
-    """Prints the resident memory at eight points along the track of one object tracked over `frames` frames of a 640×360
-    video on the backend's path, and its growth over the track's second half, per 1 000 frames."""
+    """Prints the resident memory at eight points along the track of one object over `frames` frames of a
+    640×360 video on the backend's path, and its growth over the track's second half, per 1 000 frames."""
     from sam_ls_backend.media.video import VideoFile
 
     tracker = warmed_tracker(work, size)

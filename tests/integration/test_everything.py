@@ -1,6 +1,7 @@
-"""PREANNOTATE=everything against segment-anything's own SamAutomaticMaskGenerator, on a model whose masks
-follow the click (tests/support/moving_masks.py): on random weights the generator keeps no mask at its
-default filters, and a comparison of two empty sets would prove nothing."""
+"""PREANNOTATE=everything against segment-anything's own SamAutomaticMaskGenerator, on a MobileSAM whose masks
+follow the click (tests/support/trained_checkpoint.py: fine-tuned here on generated scenes, this test's scene
+not among them): on random weights the generator keeps no mask at its default filters, and a comparison of
+two empty sets would prove nothing."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from sam_ls_backend.predictors.automatic import GridOptions, generate_masks, point_grid
 from tests.support.ls_bodies import predict_body
-from tests.support.moving_masks import moving_mask_sam
 from tests.support.reference import decode_brush_region
 from tests.support.shape_scenes import shape_scene
+from tests.support.trained_checkpoint import trained_model
 
 GRID = 16
 SEED = 100
@@ -28,7 +29,7 @@ def models():
     """The model, served by the backend's predictor, and as segment-anything's `Sam` for the generator."""
     from sam_ls_backend.predictors.sam import SamImagePredictor
 
-    model = moving_mask_sam()
+    model = trained_model()
     return None, SamImagePredictor(model, model_type="vit_t"), model
 
 
