@@ -2,11 +2,12 @@
 
 On a CPU the default runtime serves MobileSAM's encoder and prompt graph on ONNX Runtime; the prompt graph
 answers one click with one mask, while automatic mask generation needs the three candidates of 64 clicks per
-decoder call. The server decodes the grid with the checkpoint's torch prompt encoder and mask decoder fed the
-ONNX encoder's embedding (`predictors/sam_grid.py`). This times that against the alternative, the same prompt
-encoder and mask decoder exported as one batched ONNX graph (64 clicks in, 64×3 low-res logits and IoUs out),
-on `--batches` batches of a 32×32 grid's clicks spread over the grid (one embedding), taking turns batch by
-batch, and reports the median per batch, a whole grid's time (16 batches) and how far the two answers are apart.
+decoder call. The server decodes the grid with the checkpoint's prompt encoder and mask decoder exported as one
+batched ONNX graph (`predictors/onnx_grid.py`: 64 clicks in, 64×3 low-res logits and IoUs out) fed the ONNX
+encoder's embedding. This times it against the same two modules in torch (`predictors/sam_grid.py`, the fallback
+when the graph cannot be exported), on `--batches` batches of a 32×32 grid's clicks spread over the grid (one
+embedding), taking turns batch by batch, and reports the median per batch, a whole grid's time (16 batches)
+and how far the two answers are apart.
 
     python -m bench.bench_grid [--batches N] [--grid N]
 """
@@ -20,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +32,6 @@ from tests.support.checkpoints import save_random_checkpoint
 from tests.support.shape_scenes import shape_scene
 
 BATCH = 64  # SamAutomaticMaskGenerator's points_per_batch, the server's EVERYTHING_POINTS_PER_BATCH
-
-
-class BatchedGridGraph(torch.nn.Module):
-    """SAM's prompt encoder + mask decoder for BATCH single clicks: coordinates BATCH×2×2 in the 1024-input frame
-    (the click, then SAM's padding point), labels BATCH×2 (1, -1); out: logits BATCH×3×256×256, IoUs BATCH×3."""
-
-    def __init__(self, sam) -> None:
-        super().__init__()
-        from sam_ls_backend.predictors.onnx_export import PromptGraph
-
-        self.prompt = PromptGraph(sam)
-
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor):
-        encoder = self.prompt.prompt_encoder
-        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(point_coords.shape[0], -1, 64, 64)
-        logits, iou = self.prompt.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings, image_pe=encoder.get_dense_pe(),
-            sparse_prompt_embeddings=self.prompt.embed_points(point_coords, point_labels),
-            dense_prompt_embeddings=dense)
-        return logits[:, 1:], iou[:, 1:]
 
 
 def main() -> int:
@@ -71,7 +51,7 @@ def main() -> int:
     print(f"| grid decoder | median s per {BATCH} clicks | s per {args.grid}x{args.grid} grid | × torch "
           "| largest logit difference | largest IoU difference |")
     print("|---|---|---|---|---|---|")
-    base = rows["torch (served)"][0]
+    base = rows["torch"][0]
     for name, (seconds, logit, iou) in rows.items():
         print(f"| {name} | {seconds:.2f} | {seconds * per_grid:.1f} | {base / seconds:.2f} | {logit:.2e} "
               f"| {iou:.2e} |")
@@ -80,62 +60,35 @@ def main() -> int:
 
 def measure(work: Path, grid: int, batches: int) -> dict[str, tuple[float, float, float]]:
     """Median seconds per batch of each decoder, and the largest differences from torch's answer."""
-    import onnxruntime as ort
-
     from sam_ls_backend.predictors.automatic import point_grid
-    from sam_ls_backend.predictors.onnx_runtime import session_options
     from sam_ls_backend.predictors.registry import load_predictor
-    from sam_ls_backend.predictors.sam import _build_mobile_sam
+    from sam_ls_backend.predictors.sam import load_grid_decoder
     from sam_ls_backend.settings import Settings
 
     checkpoint = save_random_checkpoint("vit_t", work / "mobile_sam.pt")
-    predictor = load_predictor(Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint), DEVICE="cpu",
-                                                 RUNTIME="auto"))
-    decoder = predictor.grid_decoder()  # type: ignore[attr-defined]
+    settings = Settings.from_env({}, MOBILESAM_CHECKPOINT=str(checkpoint), DEVICE="cpu", RUNTIME="auto")
+    predictor = load_predictor(settings)
+    served = predictor.grid_decoder()  # type: ignore[attr-defined]  # exports the batched graph
+    decoders = {"torch": load_grid_decoder(settings, checkpoint), f"batched ONNX graph ({type(served).__name__}, "
+                "served)": served}
     embedding = predictor.embed(shape_scene(640, 480, seed=0)[0])
     points = point_grid(grid) * np.array([640.0, 480.0])
     starts = np.linspace(0, len(points) - BATCH, batches).astype(int) // BATCH * BATCH
 
-    sam = _build_mobile_sam()
-    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    sam.eval()
-    graph_path = work / "grid.onnx"
-    coords = np.zeros((BATCH, 2, 2), dtype=np.float32)
-    labels = np.tile(np.array([[1.0, -1.0]], dtype=np.float32), (BATCH, 1))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(BatchedGridGraph(sam), (torch.zeros(1, 256, 64, 64), torch.as_tensor(coords),
-                                                  torch.as_tensor(labels)), str(graph_path),
-                          input_names=["image_embeddings", "point_coords", "point_labels"],
-                          output_names=["low_res", "iou"], opset_version=17, dynamo=False)
-    session = ort.InferenceSession(str(graph_path), sess_options=session_options(),
-                                   providers=["CPUExecutionProvider"])
-    scale = 1024 / max(640, 480)
-    features = np.asarray(embedding.features, dtype=np.float32)
-
-    def torch_batch(start: int) -> tuple[np.ndarray, np.ndarray]:
-        low_res, iou = decoder.decode_grid(embedding, points[start:start + BATCH])
-        return low_res.numpy(), iou.numpy()
-
-    def onnx_batch(start: int) -> tuple[np.ndarray, np.ndarray]:
-        coords[:, 0, :] = points[start:start + BATCH] * scale
-        low_res, iou = session.run(None, {"image_embeddings": features, "point_coords": coords,
-                                          "point_labels": labels})
-        return low_res, iou
-
-    times: dict[str, list[float]] = {"torch (served)": [], "batched ONNX graph": []}
+    times: dict[str, list[float]] = {name: [] for name in decoders}
     logit_gap, iou_gap = [0.0], [0.0]
     for start in starts:
-        answers = {}
-        for name, run in (("torch (served)", torch_batch), ("batched ONNX graph", onnx_batch)):
+        answers = []
+        for name, decoder in decoders.items():
             started = time.perf_counter()
-            answers[name] = run(int(start))
+            answers.append(decoder.decode_grid(embedding, points[start:start + BATCH]))
             times[name].append(time.perf_counter() - started)
-        (torch_logits, torch_iou), (onnx_logits, onnx_iou) = answers.values()
-        logit_gap.append(float(np.abs(onnx_logits - torch_logits).max()))
-        iou_gap.append(float(np.abs(onnx_iou - torch_iou).max()))
-    return {"torch (served)": (statistics.median(times["torch (served)"]), 0.0, 0.0),
-            "batched ONNX graph": (statistics.median(times["batched ONNX graph"]), max(logit_gap), max(iou_gap))}
+        (torch_logits, torch_iou), (onnx_logits, onnx_iou) = answers
+        logit_gap.append(float((onnx_logits - torch_logits).abs().max()))
+        iou_gap.append(float((onnx_iou - torch_iou).abs().max()))
+    (torch_name, torch_times), (onnx_name, onnx_times) = times.items()
+    return {torch_name: (statistics.median(torch_times), 0.0, 0.0),
+            onnx_name: (statistics.median(onnx_times), max(logit_gap), max(iou_gap))}
 
 
 if __name__ == "__main__":

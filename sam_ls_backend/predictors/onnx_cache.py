@@ -117,12 +117,14 @@ def load_exported(settings: Settings, checkpoint: ModelFile, mobile: bool):
         raise ConfigError(f"SAM_MODEL_TYPE={settings.sam_model_type} but {path.name} holds a {model_type} model")
     log.info("serving %s on ONNX Runtime (%s) from %s and %s, opened in %.1f s", model_type,
              decoder.get_providers()[0], decoder_path.name, encoder_path.name, time.perf_counter() - started)
-    return OnnxSamPredictor(decoder, OnnxImageEncoder(encoder), model_type, grid=partial(_grid_decoder, settings, path),
-                            device=settings.device)
+    image_encoder = OnnxImageEncoder(encoder)
+    return OnnxSamPredictor(decoder, image_encoder, model_type, device=settings.device,
+                            grid=partial(_grid_decoder, settings, path, image_encoder))
 
 
-def _grid_decoder(settings: Settings, checkpoint: Path):
-    """PREANNOTATE=everything: the checkpoint's prompt encoder and mask decoder in torch (imports torch)."""
-    from sam_ls_backend.predictors.sam import load_grid_decoder
+def _grid_decoder(settings: Settings, checkpoint: Path, embed):
+    """PREANNOTATE=everything: the checkpoint's batched ONNX grid graph, checked on `embed`'s embedding, or its
+    torch prompt encoder and mask decoder when the graph cannot be had (imports torch)."""
+    from sam_ls_backend.predictors.onnx_grid import load_grid_decoder
 
-    return load_grid_decoder(settings, checkpoint)
+    return load_grid_decoder(settings, checkpoint, embed)

@@ -58,7 +58,12 @@ class SamGridDecoder:
     def upscale(self, embedding: Embedding, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (N×256×256) as logits in the original image frame (N×H×W float32), as SAM's
         `postprocess_masks`: to the square input, the padding cropped away, then to the original size."""
-        masks = F.interpolate(low_res[:, None], (self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False)
-        masks = masks[..., :embedding.input_size[0], :embedding.input_size[1]]
-        return F.interpolate(masks, embedding.original_size, mode="bilinear", align_corners=False)[:, 0]
+        return upscale_logits(embedding, low_res, self.image_size)
+
+
+def upscale_logits(embedding: Embedding, low_res: torch.Tensor, image_size: int = 1024) -> torch.Tensor:
+    """Low-res logits (N×256×256 float32) as logits in the original image frame (N×H×W float32): to the square
+    `image_size` input, the padding cropped away (`embedding.input_size`), then to `embedding.original_size`."""
+    masks = F.interpolate(low_res[:, None], (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., :embedding.input_size[0], :embedding.input_size[1]]
+    return F.interpolate(masks, embedding.original_size, mode="bilinear", align_corners=False)[:, 0]

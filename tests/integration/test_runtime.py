@@ -226,24 +226,73 @@ EVERYTHING_OFF = {"EVERYTHING_POINTS_PER_SIDE": "8", "EVERYTHING_PRED_IOU": "0",
 
 
 def test_everything_on_the_default_runtime_decodes_every_candidate_as_torch(auto_predictor, vit_t_predictor):
-    """The grid decoder the ONNX-served predictor offers (the checkpoint's torch prompt encoder and mask decoder,
-    fed the ONNX encoder's embedding) gives the torch runtime's three candidates per click."""
+    """The grid decoder the ONNX-served predictor offers (the checkpoint's prompt encoder and mask decoder as one
+    batched ONNX graph, fed the ONNX encoder's embedding) gives the torch runtime's three candidates per click,
+    for a full batch and for a smaller one (the graph's batch axis is free)."""
     from sam_ls_backend.predictors.automatic import point_grid
+    from sam_ls_backend.predictors.onnx_grid import OnnxGridDecoder
 
     image = scene(320, 240, seed=31)
     ours, theirs = auto_predictor.embed(image), vit_t_predictor.embed(image)
     points = point_grid(8) * np.array([320, 240])
     grid = auto_predictor.grid_decoder()
+    assert isinstance(grid, OnnxGridDecoder)
     assert auto_predictor.grid_decoder() is grid  # loaded once
-    low_res, scores = grid.decode_grid(ours, points)
-    expected_low_res, expected_scores = vit_t_predictor.decode_grid(theirs, points)
-    assert scores.shape == expected_scores.shape == (64, 3)
-    assert np.allclose(scores.numpy(), expected_scores.numpy(), atol=2e-3)
-    masks = (grid.upscale(ours, low_res.flatten(0, 1)) > 0).numpy()
-    expected = (vit_t_predictor.upscale(theirs, expected_low_res.flatten(0, 1)) > 0).numpy()
-    assert masks.shape == (192, 240, 320)
-    assert 0 < expected.sum() < expected.size  # not all empty, not all full
-    assert min(mask_iou(a, b) for a, b in zip(masks, expected)) >= 0.999
+    for batch in (points, points[5:18]):
+        low_res, scores = grid.decode_grid(ours, batch)
+        expected_low_res, expected_scores = vit_t_predictor.decode_grid(theirs, batch)
+        assert scores.shape == expected_scores.shape == (len(batch), 3)
+        assert np.allclose(scores.numpy(), expected_scores.numpy(), atol=2e-3)
+        masks = (grid.upscale(ours, low_res.flatten(0, 1)) > 0).numpy()
+        expected = (vit_t_predictor.upscale(theirs, expected_low_res.flatten(0, 1)) > 0).numpy()
+        assert masks.shape == (3 * len(batch), 240, 320)
+        assert 0 < expected.sum() < expected.size  # not all empty, not all full
+        assert min(mask_iou(a, b) for a, b in zip(masks, expected)) >= 0.999
+
+
+def test_the_grid_graph_is_exported_once_beside_the_other_graphs_and_reused(auto_predictor, auto_settings,
+                                                                           vit_t_checkpoint, caplog):
+    """A second start opens the cached `<stem>.<fingerprint>.grid.onnx` without exporting it again."""
+    from sam_ls_backend.predictors.onnx_grid import OnnxGridDecoder
+
+    auto_predictor.grid_decoder()
+    decoder, _ = cached_graphs(auto_settings, vit_t_checkpoint)
+    graph = decoder.with_name(decoder.name.replace(".decoder.onnx", ".grid.onnx"))
+    written = graph.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert isinstance(load_predictor(auto_settings).grid_decoder(), OnnxGridDecoder)
+    assert not any("exporting" in record.getMessage() for record in caplog.records)
+    assert graph.stat().st_mtime_ns == written
+    assert sorted(path.name for path in graph.parent.iterdir()) == sorted(
+        [decoder.name, decoder.name.replace(".decoder.", ".encoder."), graph.name])  # no temporary file left
+
+
+def test_a_corrupt_grid_graph_is_exported_again(auto_predictor, auto_settings, vit_t_checkpoint, vit_t_predictor,
+                                                tmp_path, caplog):
+    """A truncated grid graph in the cache is reported, replaced by a new export, and the new one is served."""
+    from sam_ls_backend.predictors.automatic import point_grid
+    from sam_ls_backend.predictors.onnx_grid import OnnxGridDecoder
+
+    auto_predictor.grid_decoder()
+    decoder, encoder = cached_graphs(auto_settings, vit_t_checkpoint)
+    graph = decoder.with_name(decoder.name.replace(".decoder.onnx", ".grid.onnx"))
+    for path in (decoder, encoder):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / graph.name).write_bytes(graph.read_bytes()[:4096])
+    settings = auto_settings.with_overrides(onnx_cache_dir=str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        grid = load_predictor(settings).grid_decoder()
+    messages = [record.getMessage() for record in caplog.records]
+    assert isinstance(grid, OnnxGridDecoder)
+    assert any(f"{graph.name} is not a readable ONNX graph" in message and "exporting it again" in message
+               for message in messages)
+    assert any(f"exported and checked {graph.name}" in message for message in messages)
+    assert (tmp_path / graph.name).stat().st_size > 4096
+    image = scene(320, 240, seed=33)
+    points = point_grid(4) * np.array([320, 240])
+    _, scores = grid.decode_grid(auto_predictor.embed(image), points)
+    _, expected = vit_t_predictor.decode_grid(vit_t_predictor.embed(image), points)
+    assert np.allclose(scores.numpy(), expected.numpy(), atol=2e-3)
 
 
 def test_preannotate_everything_starts_on_the_default_runtime_and_finds_the_torch_runtimes_masks(
