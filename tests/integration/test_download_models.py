@@ -246,6 +246,18 @@ def script_env(**values: str) -> dict[str, str]:
     return env
 
 
+def start_interruptible(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`command` in a process group of its own, as a script a user runs on a terminal: SIGINT and SIGTERM at
+    their defaults. (A test run started in the background without job control inherits SIGINT ignored, and
+    bash cannot trap a signal that was ignored when it started, so Ctrl-C would never reach the script.)"""
+    def default_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return subprocess.Popen(command, start_new_session=True, env=env, preexec_fn=default_signals,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
 def run(project: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(project / SCRIPT.name), *args], env=script_env(**env),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -385,9 +397,8 @@ def test_a_wrong_file_stays_when_the_replacement_cannot_be_had(project):
 
 def test_an_interrupted_download_leaves_no_partial_file(project, served):
     models = project / "models"
-    process = subprocess.Popen(["bash", str(project / SCRIPT.name)], start_new_session=True,
-                               env=script_env(MOBILESAM_DOWNLOAD_URL=f"{served.url}/slow/mobile_sam.pt"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    process = start_interruptible(["bash", str(project / SCRIPT.name)],
+                                  script_env(MOBILESAM_DOWNLOAD_URL=f"{served.url}/slow/mobile_sam.pt"))
     try:
         deadline = time.monotonic() + 10
         while not any(".part." in name and (models / name).stat().st_size > 0 for name in leftovers(models)):
@@ -503,9 +514,7 @@ def test_a_file_that_loading_does_not_need_may_be_missing(project, hub):
 def test_an_interrupted_folder_download_leaves_nothing(project, hub):
     hub.broken["model.safetensors"] = "stall"
     models = project / "models"
-    process = subprocess.Popen(["bash", str(project / SCRIPT.name), "sam2"], start_new_session=True,
-                               env=script_env(HF_ENDPOINT=hub.url),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    process = start_interruptible(["bash", str(project / SCRIPT.name), "sam2"], script_env(HF_ENDPOINT=hub.url))
     try:
         deadline = time.monotonic() + 10
         while not any((models / name / "model.safetensors").exists() and
@@ -622,9 +631,8 @@ def test_the_token_is_on_no_command_line(project, hub):
     hub.gated.add("facebook/sam3")
     hub.broken["model.safetensors"] = "stall"
     models = project / "models"
-    process = subprocess.Popen(["bash", str(project / SCRIPT.name), "sam3"], start_new_session=True,
-                               env=script_env(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    process = start_interruptible(["bash", str(project / SCRIPT.name), "sam3"],
+                                  script_env(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN))
     try:
         deadline = time.monotonic() + 10
         while "model.safetensors" not in hub.files():
