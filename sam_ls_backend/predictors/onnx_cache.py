@@ -45,7 +45,7 @@ def ensure_exported(settings: Settings, checkpoint: Path) -> tuple[Path, Path]:
     folder = decoder.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(folder):
+        with folder_lock(folder):
             if decoder.is_file() and encoder.is_file():  # another worker exported while this one waited
                 return decoder, encoder
             _export(checkpoint, folder, decoder.name.removesuffix(".decoder.onnx"))
@@ -70,7 +70,7 @@ def _export(checkpoint: Path, folder: Path, stem: str) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on the folder itself (no lock file is left behind); released on exit."""
     descriptor = os.open(folder, os.O_RDONLY)
     try:

@@ -139,7 +139,7 @@ def ensure_grid_graph(settings: Settings, checkpoint: Path, embed: Callable[[np.
 
     RuntimeUnavailable, saying why, when the export fails, its check refuses it or the folder is not writable.
     """
-    from sam_ls_backend.predictors.onnx_cache import _folder_lock
+    from sam_ls_backend.predictors.onnx_cache import folder_lock
 
     path = grid_graph_path(settings, checkpoint)
     session = _open_cached(path, settings.device)
@@ -147,7 +147,7 @@ def ensure_grid_graph(settings: Settings, checkpoint: Path, embed: Callable[[np.
         return session
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(path.parent):
+        with folder_lock(path.parent):
             session = _open_cached(path, settings.device)  # another worker may have exported while this one waited
             if session is None:
                 _export_checked(checkpoint, path, embed)
